@@ -1,0 +1,260 @@
+"""agentctl: the thin client. Imports click, msgpack and agentd.protocol only.
+
+Exit statuses (agentctl/exits.py): 0 ok, 1 failed, 2 usage, 3 not running,
+4 retry later (rate limited/busy), 5 degraded answer, 6 permission denied.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from agentctl import exits
+from agentctl.client import Client, ConnectionLost, DaemonError, NotRunning, PermissionRefused
+from agentctl.output import (
+    human_bytes,
+    human_duration,
+    level_colour,
+    print_json,
+    print_pairs,
+    state_colour,
+)
+from agentd.protocol import default_socket_path
+
+F = TypeVar("F", bound=Callable[..., Any])
+SERVING = ("READY", "PROCESSING")
+
+
+@dataclass
+class Options:
+    socket: str
+    json: bool
+
+    def client(self, timeout: float | None = 30.0) -> Client:
+        return Client(self.socket, timeout=timeout)
+
+
+class AgentctlGroup(click.Group):
+    """Turns every client error into one line on stderr and its documented exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NotRunning as exc:
+            fail(str(exc), exits.NOT_RUNNING)
+        except PermissionRefused as exc:
+            fail(str(exc), exits.PERMISSION)
+        except ConnectionLost as exc:
+            fail(str(exc), exits.FAILED)
+        except DaemonError as exc:
+            fail(_describe(exc), exits.for_error_code(exc.code), error=exc)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def _describe(exc: DaemonError) -> str:
+    text = f"{exc.message} ({exc.code})"
+    if exc.code == "RATE_LIMITED" and "retry_after" in exc.details:
+        text += f"; retry in {float(exc.details['retry_after']):.1f}s"
+    if "error_id" in exc.details:
+        text += f" [{exc.details['error_id']}]"
+    return text
+
+
+def fail(message: str, status: int, error: DaemonError | None = None) -> NoReturn:
+    ctx = click.get_current_context(silent=True)
+    options = ctx.find_object(Options) if ctx else None
+    if options is not None and options.json:
+        payload = {"code": error.code, "message": error.message, **error.details} if error else {"message": message}
+        print_json({"ok": False, "exit_status": status, "error": payload})
+    click.echo(f"agentctl: {message}", err=True)
+    sys.exit(status)
+
+
+def json_option(fn: F) -> F:
+    """--json on every command, as well as before it."""
+
+    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.ensure_object(Options).json = True
+        return value
+
+    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=remember,
+                        help="Print JSON for scripts.")(fn)
+
+
+@click.group(cls=AgentctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", metavar="PATH", envvar="AGENTD_SOCKET", show_envvar=True,
+              help="agentd's socket (default: $XDG_RUNTIME_DIR/agentd/agentd.sock).")
+@click.option("--json", "json_flag", is_flag=True, help="Print JSON for scripts.")
+@click.version_option(package_name="agentd", prog_name="agentctl")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str | None, json_flag: bool) -> None:
+    """Drive the agentd daemon: start it, ask it things, stop it."""
+    ctx.obj = Options(socket=socket_path or default_socket_path(os.environ), json=json_flag)
+
+
+def options() -> Options:
+    return click.get_current_context().ensure_object(Options)
+
+
+# -- start / status / stop ---------------------------------------------------------
+
+
+@cli.command()
+@click.option("--timeout", default=15.0, show_default=True, help="Seconds to wait for READY.")
+@json_option
+def start(timeout: float) -> None:
+    """Make sure agentd runs: launch it detached if its socket does not answer."""
+    opts = options()
+    try:
+        status = opts.client(timeout=5).call("status")
+        already = True
+    except NotRunning:
+        status = _launch(opts, timeout)
+        already = False
+    if opts.json:
+        print_json({**status, "already_running": already})
+        return
+    verb = "already running" if already else "started"
+    click.echo(f"agentd {verb}: {state_colour(status['state'])}")
+    print_pairs([
+        ("agent", status["agent_id"]),
+        ("session", status["session_id"]),
+        ("pid", status["pid"]),
+        ("version", status["version"]),
+        ("socket", status["socket"]),
+    ])
+
+
+def _launch(opts: Options, timeout: float) -> dict[str, Any]:
+    env = {**os.environ, "AGENTD_SOCKET": opts.socket}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agentd", "--detached"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True, close_fds=True,
+    )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            _report_failed_start(process)
+        try:
+            status = opts.client(timeout=5).call("status")
+        except (NotRunning, ConnectionLost):
+            time.sleep(0.02)  # polling the socket for a condition, with a deadline
+            continue
+        if process.stderr is not None:
+            process.stderr.close()
+        return status
+    process.terminate()
+    fail(f"agentd did not become ready within {timeout:.0f}s", exits.FAILED)
+
+
+def _report_failed_start(process: subprocess.Popen[bytes]) -> NoReturn:
+    err = process.stderr.read().decode("utf-8", "replace") if process.stderr else ""
+    lines = [line for line in err.splitlines() if line.strip()]
+    last = lines[-1].removeprefix("agentd: ") if lines else "no message"
+    fail(f"agentd failed to start (exit status {process.returncode}): {last}", exits.FAILED)
+
+
+@cli.command()
+@json_option
+def status() -> None:
+    """Show state, uptime, paths and component health; exit 0 only when READY/PROCESSING and healthy."""
+    opts = options()
+    result = opts.client().call("status")
+    healthy = bool(result.get("healthy")) and result.get("state") in SERVING
+    if opts.json:
+        print_json(result)
+    else:
+        _print_status(result, opts.socket)
+    sys.exit(exits.OK if healthy else exits.FAILED)
+
+
+def _print_status(s: dict[str, Any], socket_path: str) -> None:
+    verdict = "healthy" if s.get("healthy") else "unhealthy"
+    click.echo(f"agentd {s['version']}: {state_colour(s['state'])} ({verdict}) - {s.get('state_reason', '')}")
+    print_pairs([
+        ("pid", s["pid"]),
+        ("uptime", human_duration(s["uptime_s"])),
+        ("agent", s["agent_id"]),
+        ("session", s["session_id"]),
+        ("profile", s.get("profile", "")),
+        ("socket", s.get("socket", socket_path)),
+        ("store", f"{s['store']['path']} ({human_bytes(s['store']['size_bytes'])})"),
+        ("in flight", s.get("in_flight", 0)),
+    ])
+    click.echo("  components:")
+    components = s.get("components", {})
+    width = max((len(n) for n in components), default=0)
+    for name, c in components.items():
+        click.echo(f"    {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}")
+
+
+@cli.command()
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for agentd to exit.")
+@json_option
+def stop(timeout: float) -> None:
+    """Stop agentd gracefully (in-flight chats finish) and wait until it is gone."""
+    opts = options()
+    result = opts.client().call("stop")
+    pid = int(result["pid"])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _answers(opts) and not _alive(pid):
+            if opts.json:
+                print_json({"stopped": True, "pid": pid})
+            else:
+                click.echo(f"agentd stopped (pid {pid})")
+            return
+        time.sleep(0.02)  # polling for the process to end, with a deadline
+    fail(f"agentd (pid {pid}) is still running after {timeout:.0f}s", exits.FAILED)
+
+
+def _answers(opts: Options) -> bool:
+    try:
+        opts.client(timeout=2).call("ping")
+    except (NotRunning, ConnectionLost, DaemonError):
+        return False
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return _not_zombie(pid)
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@cli.command()
+@json_option
+def ping() -> None:
+    """Check that agentd answers (exit 0) or not (exit 3)."""
+    opts = options()
+    result = opts.client().call("ping")
+    if opts.json:
+        print_json(result)
+    else:
+        click.echo(f"pong ({result['state']})")
+
+
+def main() -> None:
+    cli(prog_name="agentctl")

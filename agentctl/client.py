@@ -1,0 +1,134 @@
+"""A blocking client for agentd's socket (standard library, msgpack, agentd.protocol)."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from agentd.protocol import (
+    DEFAULT_MAX_FRAME,
+    HEADER,
+    ProtocolError,
+    decode_body,
+    encode_frame,
+    frame_length,
+    make_request,
+)
+
+
+class ClientError(Exception):
+    """Root of what the client raises."""
+
+
+class NotRunning(ClientError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"agentd is not running (socket {path}: {reason})")
+        self.path = path
+
+
+class ConnectionLost(ClientError):
+    pass
+
+
+class PermissionRefused(ClientError):
+    pass
+
+
+class DaemonError(ClientError):
+    """The daemon answered with an error reply."""
+
+    def __init__(self, error: dict[str, Any]) -> None:
+        self.code = str(error.get("code", "INTERNAL"))
+        self.message = str(error.get("message", ""))
+        self.details = {k: v for k, v in error.items() if k not in ("code", "message")}
+        super().__init__(f"{self.code}: {self.message}")
+
+
+OnEvent = Callable[[dict[str, Any]], None]
+
+
+class Client:
+    def __init__(self, path: str, timeout: float | None = 30.0) -> None:
+        self.path = path
+        self._timeout = timeout
+        self._sock: socket.socket | None = None
+        self._ids = itertools.count(1)
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self._timeout)
+        try:
+            sock.connect(self.path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise NotRunning(self.path, "no socket" if isinstance(exc, FileNotFoundError) else "connection refused") from None
+        except PermissionError:
+            sock.close()
+            raise PermissionRefused(f"permission denied on {self.path}") from None
+        except OSError as exc:
+            sock.close()
+            raise NotRunning(self.path, exc.strerror or str(exc)) from None
+        self._sock = sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def call(self, cmd: str, args: dict[str, Any] | None = None, on_event: OnEvent | None = None) -> dict[str, Any]:
+        """Send one request; deliver events to on_event; return the result or raise DaemonError."""
+        if self._sock is None:
+            self.connect()
+        request_id = next(self._ids)
+        self._send(make_request(request_id, cmd, args))
+        while True:
+            message = self._receive()
+            if "event" in message:
+                if on_event is not None:
+                    on_event(message)
+                continue
+            if message.get("ok"):
+                result: dict[str, Any] = message.get("result") or {}
+                return result
+            raise DaemonError(message.get("error") or {})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._sock is not None
+        try:
+            self._sock.sendall(encode_frame(message))
+        except OSError as exc:
+            raise ConnectionLost(f"lost the connection to agentd: {exc.strerror or exc}") from None
+
+    def _receive(self) -> dict[str, Any]:
+        try:
+            length = frame_length(self._read_exactly(HEADER.size), DEFAULT_MAX_FRAME * 16)
+            message = decode_body(self._read_exactly(length))
+        except ProtocolError as exc:
+            raise ConnectionLost(f"bad reply from agentd: {exc.message}") from None
+        if not isinstance(message, dict):
+            raise ConnectionLost("bad reply from agentd: not a map")
+        return message
+
+    def _read_exactly(self, size: int) -> bytes:
+        assert self._sock is not None
+        chunks = bytearray()
+        while len(chunks) < size:
+            try:
+                chunk = self._sock.recv(size - len(chunks))
+            except TimeoutError:
+                raise ConnectionLost("agentd did not answer in time") from None
+            except OSError as exc:
+                raise ConnectionLost(f"lost the connection to agentd: {exc.strerror or exc}") from None
+            if not chunk:
+                raise ConnectionLost("agentd closed the connection")
+            chunks += chunk
+        return bytes(chunks)

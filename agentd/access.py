@@ -1,0 +1,113 @@
+"""Peer authorisation: who is on the other end of the socket, and what they may do.
+
+Roles nest: admin ⊃ chat ⊃ read.
+    read   status, health, metrics, logs, ping
+    chat   chat, sessions, history
+    admin  stop, audit, deleting data
+
+Defaults: root and the daemon's own user are admin; members of the socket's
+group (daemon.socket_group) may chat. Anyone else is refused with FORBIDDEN.
+Every decision uses SO_PEERCRED, read by the kernel, never what a client says.
+"""
+
+from __future__ import annotations
+
+import enum
+import grp
+import os
+import pwd
+import socket
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+_UCRED = struct.Struct("3i")
+
+
+class Role(enum.IntEnum):
+    NONE = 0
+    READ = 1
+    CHAT = 2
+    ADMIN = 3
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(sock: socket.socket) -> Peer:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return Peer(pid=pid, uid=uid, gid=gid)
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    admin_uids: frozenset[int]
+    admin_gids: frozenset[int]
+    chat_gids: frozenset[int]
+    read_gids: frozenset[int]
+
+    def role_of(self, peer: Peer) -> Role:
+        if peer.uid in self.admin_uids:
+            return Role.ADMIN
+        groups = groups_of(peer.uid, peer.gid)
+        if groups & self.admin_gids:
+            return Role.ADMIN
+        if groups & self.chat_gids:
+            return Role.CHAT
+        if groups & self.read_gids:
+            return Role.READ
+        return Role.NONE
+
+
+def build_policy(
+    *,
+    admin_users: Iterable[str],
+    admin_groups: Iterable[str],
+    chat_groups: Iterable[str],
+    read_groups: Iterable[str],
+    socket_group: str,
+) -> AccessPolicy:
+    """Resolve names to ids once, at start-up; an unknown name is a config error."""
+    chat = {resolve_gid(g) for g in chat_groups}
+    if socket_group:
+        chat.add(resolve_gid(socket_group))
+    return AccessPolicy(
+        admin_uids=frozenset({0, os.getuid(), *(resolve_uid(u) for u in admin_users)}),
+        admin_gids=frozenset(resolve_gid(g) for g in admin_groups),
+        chat_gids=frozenset(chat),
+        read_gids=frozenset(resolve_gid(g) for g in read_groups),
+    )
+
+
+def resolve_uid(user: str) -> int:
+    if user.isdigit():
+        return int(user)
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise LookupError(f"unknown user {user!r}") from None
+
+
+def resolve_gid(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise LookupError(f"unknown group {group!r}") from None
+
+
+@lru_cache(maxsize=256)
+def groups_of(uid: int, gid: int) -> frozenset[int]:
+    """The peer's primary group plus its supplementary groups from the user database."""
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return frozenset({gid})
+    return frozenset(os.getgrouplist(name, gid))

@@ -1,0 +1,118 @@
+"""`agentd`: run the daemon in the foreground (what systemd runs), or check the config.
+
+Exit statuses: 0 clean stop; 1 failure (another daemon owns the socket...);
+78 (EX_CONFIG) a start-up failure a restart cannot fix: bad config, wrong DB key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from typing import Final
+
+import click
+
+from agentd import __version__
+from agentd.config import Config, current_environ, effective_items, load_config
+from agentd.errors import AgentdError, AlreadyRunning, ConfigError
+from agentd.paths import Paths, resolve_paths
+
+EX_CONFIG: Final = 78
+logger = logging.getLogger("agentd")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", help="TOML config file (else AGENTD_CONFIG, /etc/agentd/agentd.toml, ~/.config/agentd/agentd.toml).")
+@click.option("--check-config", is_flag=True, help="Validate the config, print the effective values and where each came from, and exit.")
+@click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to listen on.")
+@click.option("--state-dir", metavar="DIR", help="Directory for the database, keys and log files.")
+@click.option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR.")
+@click.option("--detached", is_flag=True, hidden=True, help="Started by `agentctl start`: stop writing to stderr once READY.")
+@click.version_option(__version__, "--version", prog_name="agentd")
+def main(
+    config_path: str | None,
+    check_config: bool,
+    socket_path: str | None,
+    state_dir: str | None,
+    log_level: str | None,
+    detached: bool,
+) -> None:
+    """The agentd daemon: an AI agent as a Linux service."""
+    environ = current_environ()
+    flags = {"daemon.socket_path": socket_path, "daemon.state_dir": state_dir, "log.level": log_level}
+    try:
+        config = load_config(environ, config_path=config_path, flags=flags)
+        paths = resolve_paths(config, environ)
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
+    if check_config:
+        _print_config(config, paths)
+        return
+    sys.exit(_run(config, paths, detached))
+
+
+def _run(config: Config, paths: Paths, detached: bool) -> int:
+    from agentd.daemon import Daemon
+    from agentd.systemd import stderr_is_journal
+    from agentd.telemetry.logs import setup_logging
+
+    sinks = setup_logging(config.log.level, config.log.ring_size, journal=stderr_is_journal(os.environ))
+    daemon = Daemon(config, paths, os.environ, sinks, detached=detached)
+    try:
+        asyncio.run(daemon.run())
+    except ConfigError as exc:
+        return _fatal(sinks.stderr, str(exc), EX_CONFIG)
+    except AlreadyRunning as exc:
+        return _fatal(sinks.stderr, str(exc), 1)
+    except AgentdError as exc:
+        return _fatal(sinks.stderr, str(exc), 1)
+    return 0
+
+
+def _fatal(stderr_handler: logging.Handler | None, message: str, status: int) -> int:
+    """One plain line on stderr; the JSON record goes to the log file and journal only."""
+    if stderr_handler is not None and isinstance(stderr_handler, logging.StreamHandler):
+        logging.getLogger().removeHandler(stderr_handler)
+    logger.critical("cannot start: %s", message, extra={"exit_status": status})
+    click.echo(f"agentd: {message}", err=True)
+    return status
+
+
+def _fail(message: str, status: int) -> None:
+    click.echo(f"agentd: {message}", err=True)
+    sys.exit(status)
+
+
+def _print_config(config: Config, paths: Paths) -> None:
+    from agentd.secrets import load_gemini_key
+
+    click.echo(f"# profile: {config.profile} (AGENTD_ENV)")
+    click.echo(f"# config file: {config.config_file or 'none'}")
+    click.echo(f"# state dir: {paths.state_dir}")
+    click.echo(f"# socket: {paths.socket}")
+    try:
+        has_key = load_gemini_key(config, paths, current_environ()) is not None
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
+    click.echo(f"# gemini api key: {'configured (redacted)' if has_key else 'not configured: chat answers in degraded mode'}")
+    section = ""
+    for key, value, source in effective_items(config):
+        head, _, name = key.partition(".")
+        if head != section:
+            section = head
+            click.echo(f"\n[{section}]")
+        click.echo(f"{name} = {_toml_value(value)}  # {source}")
+
+
+def _toml_value(value: object) -> str:
+    if value is None:
+        return '""  # unset'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return str(value)

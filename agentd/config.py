@@ -1,0 +1,321 @@
+"""Configuration: one frozen, typed object built once at the edge.
+
+Precedence, lowest first (each layer records where its values came from)::
+
+    built-in defaults < profile (AGENTD_ENV) < TOML file < AGENTD_* environment < flags
+
+Unknown sections or keys are errors that name the key and the file. Secrets are
+never part of the config: only the *paths* of key files are (see secrets.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from agentd.errors import ConfigError
+from agentd.providers.settings import ProviderSettings
+
+PROFILES: Final = ("development", "staging", "production")
+SYSTEM_CONFIG: Final = Path("/etc/agentd/agentd.toml")
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Where the daemon lives and how it treats connections."""
+
+    state_dir: str = ""  # "" = $STATE_DIRECTORY, else ~/.local/state/agentd
+    socket_path: str = ""  # "" = $RUNTIME_DIRECTORY/agentd.sock, else $XDG_RUNTIME_DIR/agentd/
+    socket_group: str = ""  # group allowed on the socket (mode 0660); "" = owner only (0600)
+    max_frame_bytes: int = 1024 * 1024
+    max_connections: int = 1024
+    idle_timeout_s: float = 300.0  # a connection silent between requests this long is closed
+    frame_timeout_s: float = 10.0  # a frame started but not finished within this is dropped
+    shutdown_grace_s: float = 20.0  # in-flight chats get this long on STOPPING
+    health_interval_s: float = 5.0  # how often components are probed in the background
+    recovery_max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class SecretsSettings:
+    """Paths of key files only; the keys themselves never enter the config."""
+
+    db_key_file: str = ""  # "" = credential db-key, else <state_dir>/db.key
+    gemini_api_key_file: str = ""  # "" = credential gemini-api-key, else GEMINI_API_KEY
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: str = "INFO"
+    file_max_bytes: int = 10 * 1024 * 1024
+    file_backups: int = 3
+    ring_size: int = 2000  # records kept in memory for `agentctl logs`
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may do what over the socket (see access.py); names or numeric ids."""
+
+    admin_users: tuple[str, ...] = ()  # root and the daemon's own user are always admin
+    admin_groups: tuple[str, ...] = ()
+    chat_groups: tuple[str, ...] = ()  # daemon.socket_group is always a chat group
+    read_groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    profile: str = "development"
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    secrets: SecretsSettings = field(default_factory=SecretsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    gemini: ProviderSettings = field(default_factory=ProviderSettings)
+    config_file: str | None = None
+    # "section.key" -> where the value came from ("default", "profile production", a path...)
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_development(self) -> bool:
+        return self.profile == "development"
+
+
+SECTIONS: Final[dict[str, type[Any]]] = {
+    "daemon": DaemonSettings,
+    "store": StoreSettings,
+    "secrets": SecretsSettings,
+    "log": LogSettings,
+    "access": AccessSettings,
+    "gemini": ProviderSettings,
+}
+
+PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
+    "development": {},
+    "staging": {},
+    "production": {"daemon.shutdown_grace_s": 20.0},
+}
+
+# The documented, stable environment names; any key is also reachable as
+# AGENTD_<SECTION>__<KEY> (e.g. AGENTD_GEMINI__ATTEMPT_TIMEOUT_S=10).
+ENV_NAMES: Final[dict[str, str]] = {
+    "AGENTD_SOCKET": "daemon.socket_path",
+    "AGENTD_STATE_DIR": "daemon.state_dir",
+    "AGENTD_DB_KEY_FILE": "secrets.db_key_file",
+    "AGENTD_LOG_LEVEL": "log.level",
+    "AGENTD_GEMINI_BASE_URL": "gemini.base_url",
+    "AGENTD_GEMINI_MODEL": "gemini.model",
+}
+
+
+def load_config(
+    environ: Mapping[str, str],
+    *,
+    config_path: str | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config from every layer, validating as it goes."""
+    profile = environ.get("AGENTD_ENV", "development") or "development"
+    if profile not in PROFILES:
+        raise ConfigError(f"AGENTD_ENV={profile!r} is not one of {', '.join(PROFILES)}")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, default in _defaults().items():
+        values[key], sources[key] = default, "default"
+    _apply(values, sources, PROFILE_OVERRIDES[profile], f"profile {profile}")
+    path = _find_config_file(environ, config_path)
+    if path is not None:
+        _apply(values, sources, _read_file(path), str(path))
+    _apply(values, sources, _from_environ(environ), "environment")
+    _apply(values, sources, {k: v for k, v in (flags or {}).items() if v is not None}, "flag")
+    return _build(profile, values, sources, path)
+
+
+def _defaults() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = getattr(cls(), f.name)
+    return out
+
+
+def _field_types() -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            out[f"{section}.{f.name}"] = hints[f.name]
+    return out
+
+
+def _apply(values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str) -> None:
+    types_by_key = _field_types()
+    for key, raw in layer.items():
+        if key not in types_by_key:
+            raise ConfigError(f"{origin}: unknown key {key!r}")
+        values[key] = _coerce(key, raw, types_by_key[key], origin)
+        sources[key] = origin
+
+
+def _find_config_file(environ: Mapping[str, str], config_path: str | None) -> Path | None:
+    explicit = config_path or environ.get("AGENTD_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    home = environ.get("HOME")
+    candidates = [SYSTEM_CONFIG]
+    if home:
+        candidates.append(Path(home) / ".config" / "agentd" / "agentd.toml")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    flat: dict[str, Any] = {}
+    for section, body in document.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: {section!r} must be a table, like [{section}]")
+        for key, value in body.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in environ.items():
+        if name in ENV_NAMES:
+            out[ENV_NAMES[name]] = value
+        elif name.startswith("AGENTD_") and "__" in name:
+            section, _, key = name.removeprefix("AGENTD_").lower().partition("__")
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def _coerce(key: str, raw: Any, expected: Any, origin: str) -> Any:
+    """Check (TOML) or convert (environment strings) one value to its declared type."""
+    allowed = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    if raw is None or (raw == "" and type(None) in allowed):
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{origin}: {key} must not be empty")
+    for kind in allowed:
+        converted = _convert(raw, kind)
+        if converted is not _NO:
+            return converted
+    names = " or ".join(getattr(k, "__name__", str(k)) for k in allowed if k is not type(None))
+    raise ConfigError(f"{origin}: {key} must be {names}, got {raw!r}")
+
+
+_NO: Final = object()
+
+
+def _convert(raw: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+            return raw.lower() in {"1", "true", "yes", "on"}
+        return _NO
+    if kind is int:
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str):
+            try:
+                return int(raw)
+            except ValueError:
+                return _NO
+        return _NO
+    if kind is float:
+        if isinstance(raw, int | float) and not isinstance(raw, bool):
+            return float(raw)
+        if isinstance(raw, str):
+            try:
+                return float(raw)
+            except ValueError:
+                return _NO
+        return _NO
+    if kind is str:
+        return raw if isinstance(raw, str) else _NO
+    if typing.get_origin(kind) is tuple:
+        # TOML arrays, or comma-separated strings from the environment.
+        items = [p.strip() for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+        if isinstance(items, list) and all(isinstance(i, str | int) for i in items):
+            return tuple(str(i) for i in items)
+        return _NO
+    return _NO
+
+
+def _build(profile: str, values: dict[str, Any], sources: dict[str, str], path: Path | None) -> Config:
+    sections: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        prefix = f"{section}."
+        kwargs = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+        sections[section] = cls(**kwargs)
+    config = Config(
+        profile=profile,
+        config_file=str(path) if path else None,
+        sources=types.MappingProxyType(dict(sources)),
+        **sections,
+    )
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    import logging
+
+    if config.log.level.upper() not in logging.getLevelNamesMapping():
+        raise ConfigError(f"{_origin(config, 'log.level')}: log.level {config.log.level!r} is not a level")
+    positive = {
+        "daemon.max_frame_bytes": config.daemon.max_frame_bytes,
+        "daemon.max_connections": config.daemon.max_connections,
+        "daemon.idle_timeout_s": config.daemon.idle_timeout_s,
+        "daemon.frame_timeout_s": config.daemon.frame_timeout_s,
+        "daemon.health_interval_s": config.daemon.health_interval_s,
+        "log.ring_size": config.log.ring_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
+    if config.daemon.shutdown_grace_s < 0:
+        raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
+
+
+def _origin(config: Config, key: str) -> str:
+    return config.sources.get(key, "default")
+
+
+def effective_items(config: Config) -> list[tuple[str, Any, str]]:
+    """(key, value, source) for every setting, for `agentd --check-config`."""
+    rows = []
+    for section in SECTIONS:
+        obj = getattr(config, section)
+        for f in dataclasses.fields(obj):
+            key = f"{section}.{f.name}"
+            rows.append((key, getattr(obj, f.name), config.sources.get(key, "default")))
+    return rows
+
+
+def current_environ() -> Mapping[str, str]:
+    """The process environment; read here, at the edge, and nowhere else."""
+    return os.environ

@@ -1,0 +1,277 @@
+"""The daemon: startup(), main_loop(), shutdown() around one asyncio loop.
+
+Signal handlers only record intent. The first SIGTERM/SIGINT (or `agentctl
+stop`) starts a graceful stop; a second one forces a fast exit that still
+closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import signal
+import socket
+import uuid
+from collections import Counter
+from collections.abc import MutableMapping
+from typing import Any
+
+from agentd.access import build_policy
+from agentd.commands import load_commands
+from agentd.config import Config
+from agentd.dispatch import Dispatcher
+from agentd.errors import ConfigError, StoreError
+from agentd.lifecycle import Lifecycle, State
+from agentd.paths import Paths, ensure_private_dir
+from agentd.runtime import Runtime
+from agentd.secrets import load_db_key
+from agentd.server import Server, bind_socket
+from agentd.store import sessions, state
+from agentd.store.database import Database
+from agentd.store.migrations import migrate
+from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
+from agentd.telemetry.health import HealthBoard, Level
+from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
+
+logger = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        paths: Paths,
+        environ: MutableMapping[str, str],
+        log_sinks: LogSinks,
+        *,
+        detached: bool = False,
+    ) -> None:
+        self.config = config
+        self.paths = paths
+        self._environ = environ
+        self._log_sinks = log_sinks
+        self._detached = detached
+        self.lifecycle = Lifecycle()
+        self._notifier = Notifier(environ.get("NOTIFY_SOCKET"))
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._stop_reason = ""
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._db: Database | None = None
+        self._server: Server | None = None
+        self._bound_socket = False
+        self.runtime: Runtime | None = None
+
+    async def run(self) -> None:
+        try:
+            await self.startup()
+        except BaseException:
+            await self._abort_startup()
+            raise
+        try:
+            await self.main_loop()
+        finally:
+            await self.shutdown()
+
+    async def _abort_startup(self) -> None:
+        """Undo a half-done start quietly: the caller prints the one line that matters."""
+        if self._server is not None:
+            self._server.stop_accepting()
+        await self._close_store()
+        self._remove_socket()
+
+    # -- startup ----------------------------------------------------------------
+
+    async def startup(self) -> None:
+        self.lifecycle.add_listener(lambda old, new, reason: self._notifier.status(f"{new}: {reason}"))
+        self._install_signal_handlers()
+        _raise_fd_limit()
+        ensure_private_dir(self.paths.state_dir)
+        add_log_file(self._log_sinks, self.paths.log_file, self.config.log.file_max_bytes, self.config.log.file_backups)
+        runtime = await self._open_store()
+        sock = self._listen_socket()
+        self._server = Server(self.config.daemon, Dispatcher(runtime))
+        await self._server.start(sock)
+        self.lifecycle.transition(State.READY, "listening")
+        self._notifier.ready(f"{State.READY}: listening on {self.paths.socket}")
+        logger.info(
+            "agentd %s ready on %s (pid %d, session %s)", runtime.version, self.paths.socket, os.getpid(),
+            runtime.session_id, extra={"session_id": runtime.session_id},
+        )
+        self._start_background_tasks()
+        if self._detached:
+            detach_stderr(self._log_sinks)
+
+    async def _open_store(self) -> Runtime:
+        key = load_db_key(self.config, self.paths, self._environ)
+        self._db = Database(self.paths.database, key.secret, busy_timeout_ms=self.config.store.busy_timeout_ms)
+        try:
+            await self._db.open()
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (key from {key.source})") from None
+        applied = await self._db.run(migrate)
+        agent_id, session_id, lifetime = await self._db.run(_restore, self.config.profile)
+        logger.info(
+            "store open: %s (%d migrations applied now, key from %s)", self.paths.database, len(applied), key.source
+        )
+        self.runtime = Runtime(
+            config=self.config,
+            paths=self.paths,
+            lifecycle=self.lifecycle,
+            db=self._db,
+            health=HealthBoard(),
+            logs=self._log_sinks,
+            access=self._access_policy(),
+            agent_id=agent_id,
+            session_id=session_id,
+            request_stop=self.request_stop,
+            lifetime=lifetime,
+        )
+        self.runtime.health.report("store", Level.OK, "opened; migrations current")
+        self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
+        load_commands()
+        return self.runtime
+
+    def _access_policy(self) -> Any:
+        a = self.config.access
+        try:
+            return build_policy(
+                admin_users=a.admin_users, admin_groups=a.admin_groups, chat_groups=a.chat_groups,
+                read_groups=a.read_groups, socket_group=self.config.daemon.socket_group,
+            )
+        except LookupError as exc:
+            raise ConfigError(f"[access]: {exc.args[0]}") from None
+
+    def _listen_socket(self) -> socket.socket:
+        adopted = adopt_listen_socket(self._environ)
+        if adopted is not None:
+            logger.info("adopted the socket passed by systemd")
+            return adopted
+        sock = bind_socket(self.paths.socket, self.config.daemon.socket_group)
+        self._bound_socket = True  # only now is the file ours to remove
+        return sock
+
+    def _start_background_tasks(self) -> None:
+        interval = watchdog_interval(self._environ)
+        if interval:
+            self._tasks.append(asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog"))
+        self._tasks.append(asyncio.create_task(self._check_health(), name="health"))
+
+    # -- main loop ------------------------------------------------------------------
+
+    async def main_loop(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            logger.info("stopping: %s", reason)
+            self._stop.set()
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set():
+            logger.warning("%s again: forcing a fast exit", name)
+            self._force.set()
+        else:
+            self.request_stop(name)
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._on_signal, signum)
+
+    async def _check_health(self) -> None:
+        """Probe the store for real; fail into ERROR and recover with backoff."""
+        assert self.runtime is not None and self._db is not None
+        delay = self.config.daemon.health_interval_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._db.run(state.probe)
+                await self._db.run(state.put_values, {"lifetime": dict(self.runtime.lifetime)})
+            except StoreError as exc:
+                self.runtime.health.report("store", Level.FAILED, str(exc))
+                self.lifecycle.component_failed("store", str(exc))
+                delay = min(delay * 2, self.config.daemon.recovery_max_backoff_s)
+                continue
+            if self.runtime.health.get("store") is None or self.lifecycle.failing().get("store"):
+                logger.info("store recovered")
+            self.runtime.health.report("store", Level.OK, "read and write ok")
+            self.lifecycle.component_recovered("store")
+            delay = self.config.daemon.health_interval_s
+
+    # -- shutdown ---------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self.lifecycle.state is State.STOPPED:
+            return
+        stats = self.lifecycle.statistics()
+        if stats.state is not State.STOPPING:
+            self.lifecycle.transition(State.STOPPING, self._stop_reason)
+        self._notifier.stopping()
+        if self._server is not None:
+            self._server.stop_accepting()  # 1. refuse new connections
+        drained = await self._drain()  # 2. let in-flight chats finish within the grace period
+        if self._server is not None:
+            await self._server.close_connections()  # 3. cut what is left (marked interrupted)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._close_store()  # 4. persist state and close the store
+        self._remove_socket()  # 5. the socket file goes last: clients see "not running"
+        self.lifecycle.transition(State.STOPPED, self._stop_reason)
+        logger.info(
+            "stopped: %s; in-flight chats %s; %d connections served in this run",
+            self._stop_reason, "drained" if drained else "interrupted",
+            self._server.statistics().connections_total if self._server else 0,
+        )
+        self._notifier.close()
+
+    async def _drain(self) -> bool:
+        if self.lifecycle.statistics().in_flight == 0:
+            return True
+        grace = self.config.daemon.shutdown_grace_s
+        logger.info("draining %d in-flight chats (up to %.1fs)", self.lifecycle.statistics().in_flight, grace)
+        idle = asyncio.create_task(self.lifecycle.wait_idle())
+        force = asyncio.create_task(self._force.wait())
+        done, pending = await asyncio.wait({idle, force}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        return idle in done
+
+    async def _close_store(self) -> None:
+        if self._db is None:
+            return
+        if self.runtime is not None:
+            with contextlib.suppress(StoreError):
+                await self._db.run(state.put_values, {"lifetime": dict(self.runtime.lifetime)})
+        await self._db.close()
+
+    def _remove_socket(self) -> None:
+        if self._bound_socket:
+            with contextlib.suppress(FileNotFoundError):
+                self.paths.socket.unlink()
+
+
+def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str]]:
+    """The agent id, current session and lifetime counters of the previous run, or new ones."""
+    agent_id = state.get_value(conn, "agent_id") or "a-" + uuid.uuid4().hex[:16]
+    session_id = state.get_value(conn, "current_session")
+    if not session_id or sessions.find(conn, session_id) is None:
+        session_id = sessions.create(conn, name=None).id
+    lifetime: Counter[str] = Counter(state.get_value(conn, "lifetime") or {})
+    lifetime["starts"] += 1
+    state.put_values(conn, {"agent_id": agent_id, "current_session": session_id, "lifetime": dict(lifetime)})
+    return agent_id, session_id, lifetime
+
+
+def _raise_fd_limit() -> None:
+    """Many clients at once need more descriptors than the common soft limit of 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

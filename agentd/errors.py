@@ -1,0 +1,94 @@
+"""The daemon's exception tree. Every wire-facing error carries its stable code.
+
+    AgentdError                      root; never escapes to the wire untranslated
+    ├── ConfigError                  bad config, unreadable secret (exit 78)
+    │   └── WrongKeyError            the DB key does not open the database (exit 78)
+    ├── RequestError                 answered to one request with error.code
+    │   ├── BadRequest               BAD_REQUEST
+    │   ├── UnknownCommand           UNKNOWN_COMMAND
+    │   ├── Forbidden                FORBIDDEN
+    │   ├── NotReady                 NOT_READY
+    │   ├── RateLimited              RATE_LIMITED (retry_after)
+    │   ├── Busy                     BUSY
+    │   ├── ShuttingDown             SHUTTING_DOWN
+    │   ├── NotFound                 NOT_FOUND
+    │   └── ProviderFailed           PROVIDER_ERROR
+    ├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
+    └── AlreadyRunning               a live daemon owns the socket
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentd.protocol import ErrorCode
+
+
+class AgentdError(Exception):
+    """Root of everything agentd raises on purpose."""
+
+
+class ConfigError(AgentdError):
+    """Start-up cannot go on and a restart will not help (EX_CONFIG)."""
+
+
+class WrongKeyError(ConfigError):
+    """The database key does not open the database."""
+
+
+class StoreError(AgentdError):
+    """The encrypted store failed to read or write."""
+
+
+class AlreadyRunning(AgentdError):
+    """Another live daemon answers on the socket."""
+
+
+class RequestError(AgentdError):
+    """An error answered to one request; the connection and the daemon go on."""
+
+    code = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadRequest(RequestError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class UnknownCommand(RequestError):
+    code = ErrorCode.UNKNOWN_COMMAND
+
+
+class Forbidden(RequestError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotReady(RequestError):
+    code = ErrorCode.NOT_READY
+
+
+class RateLimited(RequestError):
+    code = ErrorCode.RATE_LIMITED
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=round(retry_after, 3))
+
+
+class Busy(RequestError):
+    code = ErrorCode.BUSY
+
+
+class ShuttingDown(RequestError):
+    code = ErrorCode.SHUTTING_DOWN
+
+
+class NotFound(RequestError):
+    code = ErrorCode.NOT_FOUND
+
+
+class ProviderFailed(RequestError):
+    code = ErrorCode.PROVIDER_ERROR

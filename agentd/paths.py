@@ -1,0 +1,58 @@
+"""Where agentd keeps its files: systemd's directories when set, XDG otherwise."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentd.config import Config
+from agentd.protocol import default_socket_path
+
+
+@dataclass(frozen=True)
+class Paths:
+    state_dir: Path
+    socket: Path
+    credentials_dir: Path | None
+
+    @property
+    def database(self) -> Path:
+        return self.state_dir / "agentd.db"
+
+    @property
+    def generated_key(self) -> Path:
+        return self.state_dir / "db.key"
+
+    @property
+    def log_file(self) -> Path:
+        return self.state_dir / "agentd.log"
+
+
+def resolve_paths(config: Config, environ: Mapping[str, str]) -> Paths:
+    return Paths(
+        state_dir=Path(config.daemon.state_dir or _default_state_dir(environ)),
+        socket=Path(config.daemon.socket_path or default_socket_path(environ)),
+        credentials_dir=_first(environ.get("CREDENTIALS_DIRECTORY")),
+    )
+
+
+def _default_state_dir(environ: Mapping[str, str]) -> Path:
+    systemd_dir = _first(environ.get("STATE_DIRECTORY"))
+    if systemd_dir:
+        return systemd_dir
+    xdg = environ.get("XDG_STATE_HOME") or os.path.join(environ.get("HOME", "/"), ".local", "state")
+    return Path(xdg) / "agentd"
+
+
+def _first(value: str | None) -> Path | None:
+    """systemd passes several directories colon-separated; ours is the first."""
+    if not value:
+        return None
+    return Path(value.split(":", 1)[0])
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create a directory only its owner can enter (mode 0700 when we create it)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,0 +1,62 @@
+"""Fitting conversation history into a token budget.
+
+Tokens are *estimated*, not counted: about 4 characters per token for
+English text (Google's own rule of thumb for Gemini), rounded up, plus a few
+tokens per turn for the role and framing. Counting exactly would need the
+tokenizer or a network round trip per request; the estimate only has to keep
+prompts well inside the model's window, and the service's own "too long"
+answer is the backstop (see resilience.py, which trims again once).
+
+Rules: the system prompt always stays; the newest user turn (and anything
+after it) always stays, even alone over budget; older turns are dropped
+oldest first; the kept history never starts with a model turn, since Gemini
+expects a conversation to open with the user.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentd.providers.base import Turn
+
+CHARS_PER_TOKEN = 4
+TURN_OVERHEAD_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class FittedHistory:
+    turns: tuple[Turn, ...]  # kept, oldest first
+    omitted: int  # older turns left out
+    estimated_tokens: int  # system prompt + kept turns
+
+
+def estimate_tokens(text: str) -> int:
+    """Estimated tokens of `text` (~4 characters each)."""
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def estimate_turn(turn: Turn) -> int:
+    return estimate_tokens(turn.text) + TURN_OVERHEAD_TOKENS
+
+
+def fit_history(turns: Sequence[Turn], budget: int, system_prompt: str = "") -> FittedHistory:
+    """Keep the newest turns that fit `budget` tokens together with the system prompt."""
+    start = _newest_user_index(turns)
+    used = estimate_tokens(system_prompt) + sum(estimate_turn(t) for t in turns[start:])
+    while start > 0 and used + estimate_turn(turns[start - 1]) <= budget:
+        start -= 1
+        used += estimate_turn(turns[start])
+    while start < len(turns) - 1 and turns[start].role == "model":
+        used -= estimate_turn(turns[start])
+        start += 1
+    return FittedHistory(turns=tuple(turns[start:]), omitted=start, estimated_tokens=used)
+
+
+def _newest_user_index(turns: Sequence[Turn]) -> int:
+    """Where the mandatory tail starts: the newest user turn, else the last turn."""
+    for index in range(len(turns) - 1, -1, -1):
+        if turns[index].role == "user":
+            return index
+    return max(len(turns) - 1, 0)

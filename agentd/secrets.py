@@ -1,0 +1,115 @@
+"""The two secrets: the database key and the Gemini API key.
+
+Sources, first found wins:
+
+    DB key      credential `db-key` > secrets.db_key_file / AGENTD_DB_KEY_FILE >
+                <state_dir>/db.key > generated into <state_dir>/db.key (development only)
+    Gemini key  credential `gemini-api-key` > secrets.gemini_api_key_file >
+                GEMINI_API_KEY > GOOGLE_API_KEY > none (degraded mode)
+
+A `Secret` never shows its value in repr/str, so a stray log line or
+traceback cannot leak it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as stdlib_secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from agentd.config import Config
+from agentd.errors import ConfigError
+from agentd.paths import Paths, ensure_private_dir
+
+_HEX_KEY: Final = re.compile(r"[0-9a-fA-F]{64}\n?")
+
+
+class Secret:
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class DbKey:
+    secret: Secret
+    source: str  # where it came from, safe to show
+
+
+def load_db_key(config: Config, paths: Paths, environ: Mapping[str, str]) -> DbKey:
+    for source, path in _db_key_candidates(config, paths):
+        if path.is_file():
+            return DbKey(Secret(_read_hex_key(path)), source)
+    if config.secrets.db_key_file:
+        raise ConfigError(f"DB key file {config.secrets.db_key_file} does not exist")
+    if not config.is_development:
+        raise ConfigError(
+            f"no database key: in the {config.profile} profile provide the credential 'db-key' "
+            "or AGENTD_DB_KEY_FILE (64 hex characters); only development generates one"
+        )
+    return DbKey(Secret(_generate_key(paths.generated_key)), f"generated {paths.generated_key}")
+
+
+def _db_key_candidates(config: Config, paths: Paths) -> list[tuple[str, Path]]:
+    out: list[tuple[str, Path]] = []
+    if paths.credentials_dir:
+        out.append(("credential db-key", paths.credentials_dir / "db-key"))
+    if config.secrets.db_key_file:
+        out.append((f"key file {config.secrets.db_key_file}", Path(config.secrets.db_key_file)))
+        return out  # an explicit key file is never silently replaced by another key
+    out.append((f"key file {paths.generated_key}", paths.generated_key))
+    return out
+
+
+def _read_hex_key(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read DB key file {path}: {exc.__class__.__name__}") from None
+    if not _HEX_KEY.fullmatch(text):
+        raise ConfigError(f"DB key file {path} must hold 64 hex characters (256 bits)")
+    return text.strip().lower()
+
+
+def _generate_key(path: Path) -> str:
+    ensure_private_dir(path.parent)
+    key = stdlib_secrets.token_hex(32)
+    # O_EXCL: never overwrite a key that appeared meanwhile; 0600 from creation.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as handle:
+        handle.write(key + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return key
+
+
+def load_gemini_key(config: Config, paths: Paths, environ: Mapping[str, str]) -> Secret | None:
+    if paths.credentials_dir and (paths.credentials_dir / "gemini-api-key").is_file():
+        return _read_text_secret(paths.credentials_dir / "gemini-api-key")
+    if config.secrets.gemini_api_key_file:
+        return _read_text_secret(Path(config.secrets.gemini_api_key_file))
+    for name in ("GEMINI_API_KEY", "GOOGLE_API_KEY"):
+        if environ.get(name, "").strip():
+            return Secret(environ[name].strip())
+    return None
+
+
+def _read_text_secret(path: Path) -> Secret | None:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.__class__.__name__}") from None
+    return Secret(value) if value else None

@@ -1,0 +1,177 @@
+"""The Unix socket server: bind or adopt, accept, peer credentials, framing, dispatch.
+
+One connection carries any number of requests in turn. Bad bytes are answered
+with an error code and, when the stream can no longer be trusted (a frame too
+large, a frame never finished), the connection is closed. Nothing a client
+sends can stop the server from serving the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import grp
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentd.access import Peer, peer_credentials
+from agentd.config import DaemonSettings
+from agentd.dispatch import Dispatcher
+from agentd.errors import AlreadyRunning, ConfigError
+from agentd.paths import ensure_private_dir
+from agentd.protocol import (
+    HEADER,
+    ErrorCode,
+    ProtocolError,
+    decode_body,
+    encode_frame,
+    error_reply,
+    event,
+    frame_length,
+    parse_request,
+    request_id_of,
+)
+
+logger = logging.getLogger(__name__)
+
+LISTEN_BACKLOG = 1024
+
+
+@dataclass(frozen=True)
+class ServerStatistics:
+    connections: int
+    connections_total: int
+    refused_total: int
+    protocol_errors_total: int
+
+
+def bind_socket(path: Path, group: str) -> socket.socket:
+    """Bind a fresh socket: 0600 from birth (0660 with a group); never steal a live one."""
+    ensure_private_dir(path.parent)
+    _clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old_umask = os.umask(0o177)  # no window where the socket is wider than 0600
+    try:
+        sock.bind(str(path))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot bind {path}: {exc.strerror}") from exc
+    finally:
+        os.umask(old_umask)
+    if group:
+        _open_to_group(path, group)
+    sock.listen(LISTEN_BACKLOG)
+    sock.setblocking(False)
+    return sock
+
+
+def _open_to_group(path: Path, group: str) -> None:
+    try:
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"daemon.socket_group: unknown group {group!r}") from None
+    os.chown(path, -1, gid)
+    os.chmod(path, 0o660)
+
+
+def _clear_stale(path: Path) -> None:
+    if not path.exists() and not path.is_symlink():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        logger.info("replacing a stale socket at %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            raise ConfigError(f"{path} exists and is not a socket") from exc
+        raise AlreadyRunning(f"{path} is in use ({exc.strerror})") from exc
+    finally:
+        probe.close()
+    raise AlreadyRunning(f"another agentd is already running on {path}")
+
+
+class Server:
+    def __init__(self, settings: DaemonSettings, dispatcher: Dispatcher) -> None:
+        self._settings = settings
+        self._dispatcher = dispatcher
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._total = 0
+        self._refused = 0
+        self._protocol_errors = 0
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_unix_server(
+            self._serve, sock=sock, limit=self._settings.max_frame_bytes + HEADER.size
+        )
+
+    def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def close_connections(self) -> None:
+        """Cancel connection tasks (idle or finishing) and wait for them to end."""
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+
+    def statistics(self) -> ServerStatistics:
+        return ServerStatistics(len(self._connections), self._total, self._refused, self._protocol_errors)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._total += 1
+        try:
+            if len(self._connections) >= self._settings.max_connections:
+                self._refused += 1
+                await _send(writer, error_reply(None, ErrorCode.BUSY, "too many connections"))
+                return
+            self._connections.add(task)
+            peer = peer_credentials(writer.get_extra_info("socket"))
+            await self._serve_requests(reader, writer, peer)
+        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
+            pass  # the peer went away or went silent: nothing to answer
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_requests(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
+    ) -> None:
+        while True:
+            header = await asyncio.wait_for(reader.readexactly(HEADER.size), self._settings.idle_timeout_s)
+            message: Any = None
+            try:
+                length = frame_length(header, self._settings.max_frame_bytes)
+                body = await asyncio.wait_for(reader.readexactly(length), self._settings.frame_timeout_s)
+                message = decode_body(body)
+                request = parse_request(message)
+            except ProtocolError as exc:
+                self._protocol_errors += 1
+                await _send(writer, error_reply(request_id_of(message), exc.code, exc.message))
+                if exc.fatal:
+                    return
+                continue
+
+            async def emit(kind: str, fields: dict[str, Any], rid: int | str = request.id) -> None:
+                await _send(writer, event(rid, kind, **fields))
+
+            reply = await self._dispatcher.handle(request, peer, emit)
+            await _send(writer, reply)
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(encode_frame(message))
+    await writer.drain()

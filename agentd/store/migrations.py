@@ -1,0 +1,67 @@
+"""Ordered, named schema migrations, each recorded in `schema_migrations` when applied.
+
+Append new migrations to MIGRATIONS; never edit or reorder applied ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from agentd.store.database import Connection, transaction
+
+logger = logging.getLogger(__name__)
+
+
+def m0001_initial(conn: Connection) -> None:
+    conn.execute(
+        """CREATE TABLE sessions (
+            id            TEXT PRIMARY KEY,
+            name          TEXT UNIQUE,
+            created_at    REAL NOT NULL,
+            last_used_at  REAL NOT NULL,
+            system_prompt TEXT,
+            turns         INTEGER NOT NULL DEFAULT 0
+        )"""
+    )
+    conn.execute(
+        """CREATE TABLE messages (
+            id          INTEGER PRIMARY KEY,
+            session_id  TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            request_id  TEXT NOT NULL,
+            role        TEXT NOT NULL CHECK (role IN ('user', 'model')),
+            content     TEXT NOT NULL,
+            status      TEXT NOT NULL,
+            model       TEXT,
+            tokens_in   INTEGER NOT NULL DEFAULT 0,
+            tokens_out  INTEGER NOT NULL DEFAULT 0,
+            created_at  REAL NOT NULL
+        )"""
+    )
+    conn.execute("CREATE INDEX messages_by_session ON messages (session_id, id)")
+    conn.execute("CREATE TABLE state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
+    ("0001_initial", m0001_initial),
+]
+
+
+def migrate(conn: Connection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+    applied = []
+    for name, step in MIGRATIONS:
+        if name in done:
+            continue
+        with transaction(conn):
+            step(conn)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+        logger.info("applied migration %s", name, extra={"migration": name})
+        applied.append(name)
+    return applied

@@ -1,0 +1,46 @@
+"""Component health: each component is ok, degraded or failed, with a reason."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+class Level(enum.StrEnum):
+    OK = "ok"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ComponentHealth:
+    level: Level
+    reason: str
+    checked_at: float  # wall-clock time of the check
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": str(self.level), "reason": self.reason, "checked_at": self.checked_at}
+
+
+class HealthBoard:
+    """The latest verdict per component, as the background checks left it."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._components: dict[str, ComponentHealth] = {}
+
+    def report(self, component: str, level: Level, reason: str = "") -> None:
+        self._components[component] = ComponentHealth(level, reason, self._clock())
+
+    def get(self, component: str) -> ComponentHealth | None:
+        return self._components.get(component)
+
+    @property
+    def healthy(self) -> bool:
+        return all(c.level is not Level.FAILED for c in self._components.values())
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return {name: c.as_dict() for name, c in sorted(self._components.items())}
