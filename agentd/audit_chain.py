@@ -216,7 +216,8 @@ def verify_chain(
     ``start`` is where the rows pick up: the genesis, or the last pruned row.
     ``anchor`` is a head recorded earlier outside the audit table; the chain
     must pass through it (same seq, same hash). Streams: memory does not grow
-    with the number of rows.
+    with the number of rows. Rows are mappings with ``.get``: turn sqlite
+    rows into dicts (``dict(row)``) first.
     """
     head, checked = start, 0
     remaining = iter(rows)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import islice
 from typing import Generic, TypeAlias, TypeVar
 
 from agentd.errors import Busy
@@ -34,6 +35,8 @@ K = TypeVar("K", bound=Hashable)
 # we returned, refill arithmetic can land a hair below the whole token
 # (0.9999999999999 instead of 1.0); the caller must then be admitted.
 _EPSILON = 1e-9
+# How many of the least recently used buckets eviction looks at for a full one.
+_EVICTION_SCAN = 16
 
 
 def _check_budget(rate: float, burst: float) -> None:
@@ -85,9 +88,11 @@ class KeyedBuckets(Generic[K]):
     """One TokenBucket per key (a peer uid, a session), in bounded memory.
 
     At most ``max_keys`` buckets are kept. When a new key would pass the cap,
-    full buckets are dropped first (they equal a fresh bucket, so nothing is
-    lost); if none is full, the least recently used bucket goes, which at
-    worst hands that key a fresh burst.
+    a full bucket among the least recently used goes first (it equals a fresh
+    bucket, so nothing is lost); if none of those is full, the least recently
+    used bucket goes, which at worst hands that key a fresh burst. Only a few
+    buckets are looked at, so a flood of new keys costs O(1) each; ``prune()``
+    sweeps every full bucket, for periodic housekeeping.
     """
 
     def __init__(self, rate: float, burst: float, clock: Clock, *, max_keys: int = 10_000) -> None:
@@ -128,8 +133,12 @@ class KeyedBuckets(Generic[K]):
     def _make_room(self) -> None:
         if len(self._buckets) < self.max_keys:
             return
-        if self.prune() == 0:
+        oldest = islice(self._buckets.items(), _EVICTION_SCAN)
+        victim = next((key for key, bucket in oldest if bucket.is_full()), None)
+        if victim is None:
             self._buckets.popitem(last=False)
+        else:
+            del self._buckets[victim]
 
 
 @dataclass(frozen=True)
@@ -184,11 +193,15 @@ class RateLimiter:
 
     def try_acquire(self, uid: int, session_id: str | None, command_class: str) -> float:
         """0.0 when the request may go on, else the seconds to wait (retry_after)."""
-        buckets = self._buckets_for(uid, session_id, command_class)
-        wait = max(bucket.retry_after() for bucket in buckets)
-        if wait > 0.0:
-            self._refused += 1
-            return wait
+        buckets: list[TokenBucket] = []
+        # The peer budget is asked first and alone: a peer over its budget
+        # cannot make us track (and evict for) a new session per request.
+        for bucket in self._buckets_for(uid, session_id, command_class):
+            wait = bucket.retry_after()
+            if wait > 0.0:
+                self._refused += 1
+                return wait
+            buckets.append(bucket)
         for bucket in buckets:
             bucket.try_acquire()
         return 0.0
@@ -200,15 +213,15 @@ class RateLimiter:
             refused=self._refused,
         )
 
-    def _buckets_for(self, uid: int, session_id: str | None, cls: str) -> list[TokenBucket]:
+    def _buckets_for(self, uid: int, session_id: str | None, cls: str) -> Iterator[TokenBucket]:
+        """The budgets a request falls under, created lazily, the peer's first."""
         if cls not in self._peers:
             raise ValueError(f"no budget for command class {cls!r}")
-        buckets = [self._peers[cls].bucket(uid)]
+        yield self._peers[cls].bucket(uid)
         # Keyed by uid too: session ids are names a client chooses, and two
         # users who both say "default" must not share (or drain) one budget.
         if session_id is not None and cls in self._sessions:
-            buckets.append(self._sessions[cls].bucket((uid, session_id)))
-        return buckets
+            yield self._sessions[cls].bucket((uid, session_id))
 
 
 class Throttle:

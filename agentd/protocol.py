@@ -157,23 +157,23 @@ def make_request(request_id: int | str, cmd: str, args: dict[str, Any] | None = 
     return {"v": VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
 
 
-def ok_reply(request_id: int | str | None, result: dict[str, Any]) -> dict[str, Any]:
-    return {"v": VERSION, "id": request_id, "ok": True, "result": result}
+def ok_reply(wire_id: int | str | None, result: dict[str, Any]) -> dict[str, Any]:
+    return {"v": VERSION, "id": wire_id, "ok": True, "result": result}
 
 
 def error_reply(
-    request_id: int | str | None, code: str, message: str, **details: Any
+    wire_id: int | str | None, code: str, message: str, /, **details: Any
 ) -> dict[str, Any]:
     return {
         "v": VERSION,
-        "id": request_id,
+        "id": wire_id,
         "ok": False,
         "error": {"code": code, "message": message, **details},
     }
 
 
-def event(request_id: int | str, kind: str, **fields: Any) -> dict[str, Any]:
-    return {"v": VERSION, "id": request_id, "event": kind, **fields}
+def event(wire_id: int | str, kind: str, /, **fields: Any) -> dict[str, Any]:
+    return {"v": VERSION, "id": wire_id, "event": kind, **fields}
 
 
 def default_socket_path(environ: Mapping[str, str]) -> str:

@@ -111,7 +111,8 @@ class Server:
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=self._settings.max_frame_bytes + HEADER.size
+            self._serve, sock=sock, limit=self._settings.max_frame_bytes + HEADER.size,
+            backlog=LISTEN_BACKLOG,  # asyncio would listen() again with its default of 100
         )
 
     def stop_accepting(self) -> None:

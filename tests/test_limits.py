@@ -106,6 +106,15 @@ def test_the_least_recently_used_bucket_goes_when_none_is_full(clock: FakeClock)
     assert (1 in buckets, 2 in buckets, 3 in buckets) == (True, False, True)
 
 
+def test_prune_drops_every_full_bucket_and_keeps_the_others(clock: FakeClock) -> None:
+    buckets = KeyedBuckets[int](rate=1, burst=1, clock=clock)
+    buckets.try_acquire(1)
+    clock.advance(10)
+    buckets.try_acquire(2)
+    assert buckets.prune() == 1
+    assert (1 in buckets, 2 in buckets) == (False, True)
+
+
 def test_keyed_buckets_never_hold_more_than_the_cap(clock: FakeClock) -> None:
     buckets = KeyedBuckets[int](rate=1, burst=1, clock=clock, max_keys=50)
     for uid in range(1000):
@@ -152,6 +161,15 @@ def test_a_refusal_by_the_session_budget_spends_no_peer_token(clock: FakeClock) 
     for _ in range(5):
         limits.try_acquire(1000, "a", "chat")  # all refused by session "a"
     assert limits.try_acquire(1000, "b", "chat") == 0.0
+
+
+def test_a_peer_over_its_budget_does_not_make_new_sessions_tracked(clock: FakeClock) -> None:
+    limits = limiter(clock)
+    limits.try_acquire(1000, None, "chat")
+    limits.try_acquire(1000, None, "chat")
+    for n in range(100):
+        limits.try_acquire(1000, f"session-{n}", "chat")
+    assert limits.statistics().tracked_sessions == 0
 
 
 def test_chat_and_cheap_commands_draw_on_separate_budgets(clock: FakeClock) -> None:

@@ -90,9 +90,12 @@ class Provider(abc.ABC):
 
     async def probe(self, model: str) -> None:
         """A cheap authenticated call proving the service and key work; raises ProviderError."""
+        return None  # nothing remote to check by default
 
     async def warm_up(self) -> None:
         """Pay one-off start-up costs (imports, clients) ahead of the first request."""
+        return None
 
     async def aclose(self) -> None:
         """Release connections and clients."""
+        return None

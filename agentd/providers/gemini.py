@@ -201,11 +201,11 @@ def _read_chunk(chunk: types.GenerateContentResponse) -> str:
 def _raise_if_blocked(response: types.GenerateContentResponse) -> None:
     feedback = response.prompt_feedback
     if feedback is not None and feedback.block_reason is not None:
-        reason = _enum_name(feedback.block_reason)
-        raise Blocked(f"the prompt was blocked ({reason})", reason=reason)
-    reason = _finish_reason(response)
-    if reason in _BLOCKING_FINISH_REASONS:
-        raise Blocked(f"the answer was blocked ({reason})", reason=reason)
+        block_reason = _enum_name(feedback.block_reason)
+        raise Blocked(f"the prompt was blocked ({block_reason})", reason=block_reason)
+    finish_reason = _finish_reason(response)
+    if finish_reason in _BLOCKING_FINISH_REASONS:
+        raise Blocked(f"the answer was blocked ({finish_reason})", reason=finish_reason)
 
 
 def _text_of(response: types.GenerateContentResponse) -> str:
