@@ -297,6 +297,8 @@ def _validate(config: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
+    for name, problem in config.gemini.problems():
+        raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 

@@ -387,6 +387,16 @@ class SystemdLab:
             return "(no console log)"
         return log.read_text(errors="replace")[-4000:]
 
+    @property
+    def workdir(self) -> Path | None:
+        """Host directory with the boot scripts and console.log (None once shut down)."""
+        return self._workdir
+
+    @property
+    def cgroup(self) -> Path | None:
+        """Host cgroup holding the lab's systemd and everything it runs."""
+        return self._cgroup
+
     # ------------------------------------------------------------------ running things
 
     @property

@@ -47,7 +47,7 @@ import time
 import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from agentd.providers.base import Answer, GenerationRequest, OnChunk, Provider
 from agentd.providers.context import estimate_tokens, estimate_turn, fit_history
@@ -285,7 +285,6 @@ class _Call:
     deadline_at: float
     attempts: int = 0
     trim_notice: str | None = None
-    notices: list[str] = field(default_factory=list)
 
     @property
     def delivered(self) -> bool:
@@ -318,6 +317,7 @@ class ResilientProvider(Provider):
         self._errors: Counter[str] = Counter()
         self._last_error_kind: ErrorKind | None = None
         self._health_problem: ProviderError | None = None  # the latest service-side failure
+        self._fallback_active = False  # the latest model answer came from the fallback
 
     # -- the Provider interface
 
@@ -393,7 +393,8 @@ class ResilientProvider(Provider):
             if index:
                 self._counts["fallbacks"] += 1
                 logger.warning("falling back to %s", model, extra=self._extra(call, model))
-            stop_at = call.deadline_at - (self._fallback_reserve() if index < len(models) - 1 else 0)
+            reserve = self._fallback_reserve() if index < len(models) - 1 else 0.0
+            stop_at = call.deadline_at - reserve
             try:
                 answer = await self._try_model(call, model, stop_at)
             except ProviderError as exc:
@@ -485,7 +486,8 @@ class ResilientProvider(Provider):
                 call.relay.on_progress = lambda: scope.reschedule(expiry())
                 return await self._inner.generate(request, call.relay.deliver)
         except TimeoutError as exc:
-            raise ProviderTimeout(f"no answer from {model} within {min(limit, budget):.1f}s") from exc
+            waited = min(limit, budget)
+            raise ProviderTimeout(f"no answer from {model} within {waited:.1f}s") from exc
         finally:
             if call.relay is not None:
                 call.relay.on_progress = _nothing
@@ -522,6 +524,7 @@ class ResilientProvider(Provider):
 
     def _answered(self, call: _Call, answer: Answer, *, fallback_used: bool) -> Answer:
         self._counts["answered"] += 1
+        self._fallback_active = fallback_used
         self._note_health(None)
         notice = _join(call.trim_notice, answer.notice,
                        f"Answered by the fallback model {answer.model}." if fallback_used else None)
@@ -573,8 +576,9 @@ class ResilientProvider(Provider):
         breaker = self._breaker.statistics()
         latest = self._health_problem
         if breaker.state is BreakerState.OPEN:
-            return Health(HealthStatus.FAILED, f"circuit breaker open: {breaker.consecutive_failures}"
-                          f" consecutive failures (last: {breaker.last_failure_kind})")
+            return Health(HealthStatus.FAILED,
+                          f"circuit breaker open: {breaker.consecutive_failures} consecutive"
+                          f" failures (last: {breaker.last_failure_kind})")
         if latest is not None and latest.kind is ErrorKind.AUTH:
             return Health(HealthStatus.FAILED, "API key rejected")
         if latest is not None and latest.kind is ErrorKind.NOT_FOUND:
@@ -583,6 +587,9 @@ class ResilientProvider(Provider):
             return Health(HealthStatus.DEGRADED, "circuit breaker half-open: trial call pending")
         if latest is not None:
             return Health(HealthStatus.DEGRADED, f"recent failure: {latest.kind}")
+        if self._fallback_active:
+            return Health(HealthStatus.DEGRADED,
+                          "the primary model is failing; the fallback model answers")
         return Health(HealthStatus.OK, "ok")
 
     async def _probe_through_breaker(self) -> ProviderError | None:
