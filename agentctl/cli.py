@@ -258,3 +258,12 @@ def ping() -> None:
 
 def main() -> None:
     cli(prog_name="agentctl")
+
+
+def _register_commands() -> None:
+    from agentctl import conversation
+
+    conversation.register(cli)
+
+
+_register_commands()

@@ -65,6 +65,14 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class ChatSettings:
+    max_prompt_bytes: int = 200_000  # UTF-8 bytes of one prompt (stdin and argument together)
+    max_concurrent: int = 8  # chats at the provider at once
+    max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
+    history_max_turns: int = 200  # exchanges read from the store before the token budget applies
+
+
+@dataclass(frozen=True)
 class AccessSettings:
     """Who may do what over the socket (see access.py); names or numeric ids."""
 
@@ -82,6 +90,7 @@ class Config:
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
     log: LogSettings = field(default_factory=LogSettings)
     access: AccessSettings = field(default_factory=AccessSettings)
+    chat: ChatSettings = field(default_factory=ChatSettings)
     gemini: ProviderSettings = field(default_factory=ProviderSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
@@ -98,6 +107,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "secrets": SecretsSettings,
     "log": LogSettings,
     "access": AccessSettings,
+    "chat": ChatSettings,
     "gemini": ProviderSettings,
 }
 
@@ -293,6 +303,9 @@ def _validate(config: Config) -> None:
         "daemon.frame_timeout_s": config.daemon.frame_timeout_s,
         "daemon.health_interval_s": config.daemon.health_interval_s,
         "log.ring_size": config.log.ring_size,
+        "chat.max_prompt_bytes": config.chat.max_prompt_bytes,
+        "chat.max_concurrent": config.chat.max_concurrent,
+        "chat.history_max_turns": config.chat.history_max_turns,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -20,16 +20,19 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from agentd.access import build_policy
+from agentd.chat import ChatPipeline
 from agentd.commands import load_commands
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
 from agentd.lifecycle import Lifecycle, State
 from agentd.paths import Paths, ensure_private_dir
+from agentd.providers import BreakerState, create_provider
+from agentd.providers.resilience import ResilientProvider
 from agentd.runtime import Runtime
-from agentd.secrets import load_db_key
+from agentd.secrets import load_db_key, load_gemini_key
 from agentd.server import Server, bind_socket
-from agentd.store import sessions, state
+from agentd.store import messages, sessions, state
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
@@ -63,6 +66,7 @@ class Daemon:
         self._db: Database | None = None
         self._server: Server | None = None
         self._bound_socket = False
+        self._recovery: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
 
     async def run(self) -> None:
@@ -113,10 +117,13 @@ class Daemon:
         except ConfigError as exc:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
-        agent_id, session_id, lifetime = await self._db.run(_restore, self.config.profile)
+        agent_id, session_id, lifetime, interrupted = await self._db.run(_restore, self.config.profile)
         logger.info(
             "store open: %s (%d migrations applied now, key from %s)", self.paths.database, len(applied), key.source
         )
+        if interrupted:
+            logger.warning("%d chats cut off by the previous run are marked interrupted", interrupted)
+        provider = self._create_provider()
         self.runtime = Runtime(
             config=self.config,
             paths=self.paths,
@@ -125,6 +132,8 @@ class Daemon:
             health=HealthBoard(),
             logs=self._log_sinks,
             access=self._access_policy(),
+            provider=provider,
+            chat=ChatPipeline(self.config.chat, self.config.gemini, self._db, provider, self.lifecycle),
             agent_id=agent_id,
             session_id=session_id,
             request_stop=self.request_stop,
@@ -132,8 +141,44 @@ class Daemon:
         )
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
+        problem = provider.configuration_problem()
+        if problem is None:
+            self.runtime.health.report("gemini", Level.OK, f"key configured; model {self.config.gemini.model}")
+        else:
+            self.runtime.health.report("gemini", Level.DEGRADED, "no API key: chat answers in degraded mode")
         load_commands()
         return self.runtime
+
+    def _create_provider(self) -> ResilientProvider:
+        key = load_gemini_key(self.config, self.paths, self._environ)
+        return create_provider(
+            self.config.gemini, key.reveal() if key else None, on_breaker_change=self._on_breaker_change
+        )
+
+    def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
+        """Breaker open = the model is failing: ERROR, degraded answers, and a recovery loop."""
+        assert self.runtime is not None
+        if new is BreakerState.OPEN:
+            reason = "circuit breaker open: Gemini keeps failing"
+            self.runtime.health.report("gemini", Level.FAILED, reason)
+            self.lifecycle.component_failed("gemini", reason)
+            if self._recovery is None or self._recovery.done():
+                self._recovery = asyncio.create_task(self._recover_provider(), name="gemini-recovery")
+        elif new is BreakerState.CLOSED:
+            self.runtime.health.report("gemini", Level.OK, "answering again")
+            self.lifecycle.component_recovered("gemini")
+
+    async def _recover_provider(self) -> None:
+        """Probe Gemini with backoff until the breaker closes (the probe is its trial call)."""
+        assert self.runtime is not None
+        provider = self.runtime.provider
+        delay = max(provider.statistics().breaker.cooldown_remaining_s, 0.5)
+        while provider.statistics().breaker.state is not BreakerState.CLOSED:
+            await asyncio.sleep(delay)
+            check = await provider.check_key()
+            logger.info("gemini recovery probe: %s", check.status, extra={"probe": str(check.status)})
+            delay = min(max(delay * 2, provider.statistics().breaker.cooldown_remaining_s),
+                        self.config.daemon.recovery_max_backoff_s)
 
     def _access_policy(self) -> Any:
         a = self.config.access
@@ -159,6 +204,10 @@ class Daemon:
         if interval:
             self._tasks.append(asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog"))
         self._tasks.append(asyncio.create_task(self._check_health(), name="health"))
+        assert self.runtime is not None
+        if self.runtime.provider.configuration_problem() is None:
+            # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
+            self._tasks.append(asyncio.create_task(self.runtime.provider.warm_up(), name="gemini-warm-up"))
 
     # -- main loop ------------------------------------------------------------------
 
@@ -218,9 +267,12 @@ class Daemon:
         drained = await self._drain()  # 2. let in-flight chats finish within the grace period
         if self._server is not None:
             await self._server.close_connections()  # 3. cut what is left (marked interrupted)
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._recovery] if self._recovery else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.runtime is not None:
+            await self.runtime.provider.aclose()
         await self._close_store()  # 4. persist state and close the store
         self._remove_socket()  # 5. the socket file goes last: clients see "not running"
         self.lifecycle.transition(State.STOPPED, self._stop_reason)
@@ -257,8 +309,9 @@ class Daemon:
                 self.paths.socket.unlink()
 
 
-def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str]]:
-    """The agent id, current session and lifetime counters of the previous run, or new ones."""
+def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str], int]:
+    """The agent id, current session and lifetime counters of the previous run, or new ones;
+    chats the previous run left pending (a crash) are marked interrupted."""
     agent_id = state.get_value(conn, "agent_id") or "a-" + uuid.uuid4().hex[:16]
     session_id = state.get_value(conn, "current_session")
     if not session_id or sessions.find(conn, session_id) is None:
@@ -266,7 +319,7 @@ def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str]]:
     lifetime: Counter[str] = Counter(state.get_value(conn, "lifetime") or {})
     lifetime["starts"] += 1
     state.put_values(conn, {"agent_id": agent_id, "current_session": session_id, "lifetime": dict(lifetime)})
-    return agent_id, session_id, lifetime
+    return agent_id, session_id, lifetime, messages.interrupt_pending(conn)
 
 
 def _raise_fd_limit() -> None:

@@ -64,6 +64,10 @@ class Dispatcher:
         self._log_outcome(call, started, None)
         return ok_reply(request.id, {**result, "request_id": call.request_id})
 
+    def is_long_running(self, cmd: str) -> bool:
+        spec = COMMANDS.get(cmd)
+        return spec is not None and spec.long_running
+
     def _admit(self, call: Call) -> CommandSpec:
         spec = COMMANDS.get(call.request.cmd)
         if spec is None:

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 from agentd import __version__
 from agentd.access import AccessPolicy
+from agentd.chat import ChatPipeline
 from agentd.config import Config
 from agentd.lifecycle import Lifecycle
 from agentd.paths import Paths
+from agentd.providers.resilience import ResilientProvider
 from agentd.store.database import Database
 from agentd.telemetry.health import HealthBoard
 from agentd.telemetry.logs import LogSinks
@@ -26,6 +28,8 @@ class Runtime:
     health: HealthBoard
     logs: LogSinks
     access: AccessPolicy
+    provider: ResilientProvider
+    chat: ChatPipeline
     agent_id: str
     session_id: str  # the current session: chat uses it unless told otherwise
     request_stop: Callable[[str], None]

@@ -15,6 +15,7 @@ import grp
 import logging
 import os
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,8 +170,38 @@ class Server:
             async def emit(kind: str, fields: dict[str, Any], rid: int | str = request.id) -> None:
                 await _send(writer, event(rid, kind, **fields))
 
-            reply = await self._dispatcher.handle(request, peer, emit)
+            handling = self._dispatcher.handle(request, peer, emit)
+            if self._dispatcher.is_long_running(request.cmd):
+                reply = await _unless_peer_leaves(handling, reader)
+                if reply is None:
+                    return
+            else:
+                reply = await handling
             await _send(writer, reply)
+
+
+async def _unless_peer_leaves(
+    handling: Coroutine[Any, Any, dict[str, Any]], reader: asyncio.StreamReader
+) -> dict[str, Any] | None:
+    """Run a long request, cancelling it if the client hangs up meanwhile (None then).
+
+    A client does not send while it waits for its reply, so end-of-file on the
+    reader means it is gone; a chat must not keep the model busy for nobody.
+    """
+    task = asyncio.create_task(handling)
+    hangup = asyncio.create_task(reader.read(1))
+    try:
+        await asyncio.wait({task, hangup}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and hangup.done() and not hangup.cancelled() and hangup.result() == b"":
+            logger.info("client hung up: cancelling its request")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        return await task
+    finally:
+        task.cancel()  # when the connection itself is cancelled (shutdown)
+        hangup.cancel()
+        await asyncio.gather(task, hangup, return_exceptions=True)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:

@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 
 from agentctl.client import Client, ConnectionLost, DaemonError, NotRunning
+from tests.fake_gemini import FakeGemini
+
+pytest_plugins = ["tests.fake_gemini"]
 
 REPO = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 15.0
@@ -168,3 +171,25 @@ def make_daemon(short_tmp: Path) -> Iterator[Callable[..., DaemonProcess]]:
 def daemon(make_daemon: Callable[..., DaemonProcess]) -> DaemonProcess:
     """A running daemon with development defaults and no Gemini key."""
     return make_daemon().start()
+
+
+TEST_API_KEY = "test-gemini-key-not-real"
+
+
+def gemini_env(fake: FakeGemini, **overrides: str) -> dict[str, str]:
+    """Point the daemon at the fake Gemini with short, test-sized timeouts."""
+    return {
+        "GEMINI_API_KEY": TEST_API_KEY,
+        "AGENTD_GEMINI_BASE_URL": fake.url,
+        "AGENTD_GEMINI__ATTEMPT_TIMEOUT_S": "5",
+        "AGENTD_GEMINI__DEADLINE_S": "20",
+        "AGENTD_GEMINI__BACKOFF_BASE_S": "0.01",
+        "AGENTD_GEMINI__BACKOFF_MAX_S": "0.05",
+        **overrides,
+    }
+
+
+@pytest.fixture
+def gemini_daemon(make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini) -> DaemonProcess:
+    """A running daemon with an API key, talking to the fake Gemini over HTTP."""
+    return make_daemon(gemini_env(fake_gemini)).start()

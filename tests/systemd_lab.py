@@ -18,9 +18,10 @@ in container mode leaves mount propagation as it finds it (private), and then th
 credentials mount it prepares in a helper namespace never reaches the service:
 every LoadCredential= silently yields an empty $CREDENTIALS_DIRECTORY.
 
-There is no conftest.py: a test module imports the fixture it uses::
+Fixtures ``systemd_lab`` (a booted lab) and ``agentd_lab`` (plus agentd installed by
+systemd/install.sh); a test module imports the ones it uses (or conftest.py does)::
 
-    from systemd_lab import SystemdLab, systemd_lab  # noqa: F401
+    from tests.systemd_lab import SystemdLab, systemd_lab_fixture  # noqa: F401
 
     @pytest.mark.systemd
     def test_something(systemd_lab: SystemdLab) -> None:
@@ -32,6 +33,7 @@ There is no conftest.py: a test module imports the fixture it uses::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -96,7 +98,10 @@ cd "$R"; mkdir -p oldroot; pivot_root . oldroot; cd /
 umount -l /oldroot; rmdir /oldroot
 mount --make-rshared /    # or LoadCredential= yields nothing (see the module docstring)
 export container=systemd-lab
-exec setpriv --bounding-set -sys_module,-sys_time,-sys_rawio,-sys_boot,-mknod,-syslog,-audit_read,-audit_control,-wake_alarm,-block_suspend \
+# systemd (and everything it starts) loses these capabilities for good:
+DROP=-sys_module,-sys_time,-sys_rawio,-sys_boot,-mknod,-syslog,-audit_read
+DROP=$DROP,-audit_control,-wake_alarm,-block_suspend
+exec setpriv --bounding-set "$DROP" \
   /lib/systemd/systemd --unit=lab.target --show-status=yes --log-color=no
 """
 
@@ -132,7 +137,9 @@ def lab_unavailable_reason() -> str | None:
 
 def cgroup2_root() -> Path | None:
     for candidate in (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/unified")):
-        if (candidate / "cgroup.procs").exists() and (candidate / "cgroup.subtree_control").exists():
+        if (candidate / "cgroup.procs").exists() and (
+            candidate / "cgroup.subtree_control"
+        ).exists():
             return candidate
     return None
 
@@ -249,7 +256,9 @@ class SystemdLab:
             self._launch()
             self.pid = self._wait_for_systemd()
             self._release_helpers(cg2)
-            state = self.run(["systemctl", "is-system-running", "--wait"], timeout=self.boot_timeout_s)
+            state = self.run(
+                ["systemctl", "is-system-running", "--wait"], timeout=self.boot_timeout_s
+            )
             self.boot_state = state.stdout.strip()
         except BaseException:
             self.shutdown()
@@ -268,7 +277,8 @@ class SystemdLab:
             f'echo $$ > "{self._cgroup}/cgroup.procs" || exit 97\n'
             f'echo $$ > "{work}/unshare.pid"\n'
             f"exec timeout -s KILL {self.max_lifetime_s} "
-            "unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup --propagation private "
+            "unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup "
+            "--propagation private "
             f'/bin/bash "{work}/inner.sh" "{work}/mp" "{work}/fix"\n'
         )
         # script(1) gives systemd a terminal for /dev/console; its log is the boot console.
@@ -301,9 +311,11 @@ class SystemdLab:
             return None
 
         try:
-            return wait_until(systemd_up, self.boot_timeout_s, what="systemd in the lab")
+            pid = wait_until(systemd_up, self.boot_timeout_s, what="systemd in the lab")
         except LabTimeout as exc:
             raise LabError(f"{exc}\n{self.console_log()}") from None
+        assert pid is not None
+        return pid
 
     def _find_namespace_init(self) -> int | None:
         queue = [self._unshare_pid] if self._unshare_pid else []
@@ -321,19 +333,15 @@ class SystemdLab:
             pid = queue.pop(0)
             if pid == self.pid:
                 continue
-            try:
+            with contextlib.suppress(OSError):  # already gone
                 (cg2 / "cgroup.procs").write_text(str(pid))
-            except OSError:
-                pass  # already gone
             queue.extend(_children(pid))
 
     def shutdown(self) -> None:
         """Power the lab off (SIGKILL if it does not go) and remove every trace of it."""
         if self.pid and _pid_alive(self.pid):
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired, LabError):
                 self.run(["systemctl", "poweroff", "--no-block"], timeout=5)
-            except (subprocess.TimeoutExpired, LabError):
-                pass
             try:
                 wait_until(lambda: not _pid_alive(self.pid or 0), 8.0, what="lab poweroff")
             except LabTimeout:
@@ -374,7 +382,9 @@ class SystemdLab:
         if work is None:
             return
         if str(work) in Path("/proc/self/mountinfo").read_text():
-            print(f"systemd_lab: {work} is mounted in the host namespace, leaving it", file=sys.stderr)
+            print(
+                f"systemd_lab: {work} is mounted in the host namespace, leaving it", file=sys.stderr
+            )
         elif os.environ.get("LAB_KEEP") == "1":
             print(f"systemd_lab: kept {work}", file=sys.stderr)
         else:
@@ -447,7 +457,9 @@ class SystemdLab:
             )
         return result
 
-    def systemctl(self, *args: str, check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def systemctl(
+        self, *args: str, check: bool = False, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", "--no-pager", *args], check=check, timeout=timeout)
 
     def show(self, unit: str, prop: str) -> str:
@@ -484,11 +496,18 @@ class SystemdLab:
 
     def journal_text(self, *args: str, lines: int = 40) -> str:
         """The last journal lines, for failure messages."""
-        result = self.run(["journalctl", "--no-pager", "-o", "short-precise", "-n", str(lines), *args])
+        result = self.run(
+            ["journalctl", "--no-pager", "-o", "short-precise", "-n", str(lines), *args]
+        )
         return result.stdout
 
     def wait_for(
-        self, predicate: Callable[[], T], timeout: float = 10.0, *, what: str = "condition", interval: float = 0.1
+        self,
+        predicate: Callable[[], T],
+        timeout: float = 10.0,
+        *,
+        what: str = "condition",
+        interval: float = 0.1,
     ) -> T:
         """Poll predicate with a deadline; on timeout the message carries the journal tail."""
         try:
@@ -497,17 +516,24 @@ class SystemdLab:
             raise LabTimeout(f"{exc}\n--- journal tail ---\n{self.journal_text()}") from None
 
     def wait_for_journal(
-        self, unit: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0, *, what: str = "entry"
+        self,
+        unit: str,
+        predicate: Callable[[dict[str, Any]], bool],
+        timeout: float = 10.0,
+        *,
+        what: str = "entry",
     ) -> dict[str, Any]:
         """The first journal entry of unit satisfying predicate; the journal is asynchronous."""
 
-        def find() -> dict[str, Any] | None:
-            return next((e for e in self.journal("-u", unit) if predicate(e)), None)
+        def find() -> dict[str, Any]:
+            return next((e for e in self.journal("-u", unit) if predicate(e)), {})
 
         return self.wait_for(find, timeout, what=f"journal {what} of {unit}", interval=0.2)
 
     def wait_for_property(self, unit: str, prop: str, expected: str, timeout: float = 10.0) -> None:
-        self.wait_for(lambda: self.show(unit, prop) == expected, timeout, what=f"{unit} {prop}={expected}")
+        self.wait_for(
+            lambda: self.show(unit, prop) == expected, timeout, what=f"{unit} {prop}={expected}"
+        )
 
     # ------------------------------------------------------------------ agentd
 
@@ -520,7 +546,11 @@ class SystemdLab:
         finds bin/agentd there and uses that venv as it is.
         """
         self._make_lab_venv()
-        self.run(["/bin/bash", str(REPO / "systemd" / "install.sh")], check=True, env={"AGENTD_VENV": LAB_VENV})
+        self.run(
+            ["/bin/bash", str(REPO / "systemd" / "install.sh")],
+            check=True,
+            env={"AGENTD_VENV": LAB_VENV},
+        )
         dropin = f"[Service]\nEnvironment=AGENTD_GEMINI_BASE_URL={gemini_base_url}\n"
         for unit in ("agentd.service", "agentd@.service"):
             self.write_file(f"/etc/systemd/system/{unit}.d/50-lab.conf", dropin)
@@ -549,7 +579,9 @@ class SystemdLab:
 
 def _decode_entry(entry: dict[str, Any]) -> dict[str, Any]:
     """journalctl -o json gives non-UTF-8 or binary values as arrays of bytes."""
-    return {k: bytes(v).decode(errors="replace") if isinstance(v, list) else v for k, v in entry.items()}
+    return {
+        k: bytes(v).decode(errors="replace") if isinstance(v, list) else v for k, v in entry.items()
+    }
 
 
 def checkout_site_packages() -> Path:
@@ -584,8 +616,8 @@ def lab_python_mismatch() -> str | None:
     return None
 
 
-@pytest.fixture
-def systemd_lab() -> Iterator[SystemdLab]:
+@pytest.fixture(name="systemd_lab")
+def systemd_lab_fixture() -> Iterator[SystemdLab]:
     """A freshly booted systemd for one test, torn down after it; skips without root."""
     reason = lab_unavailable_reason()
     if reason:
@@ -594,8 +626,8 @@ def systemd_lab() -> Iterator[SystemdLab]:
         yield lab
 
 
-@pytest.fixture
-def agentd_lab(systemd_lab: SystemdLab) -> SystemdLab:
+@pytest.fixture(name="agentd_lab")
+def agentd_lab_fixture(systemd_lab: SystemdLab) -> SystemdLab:
     """A lab with agentd installed by systemd/install.sh (units loaded, nothing started)."""
     reason = lab_python_mismatch()
     if reason:

@@ -10,7 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.systemd_lab import REPO, SystemdLab, agentd_lab, systemd_lab  # noqa: F401
+from tests.systemd_lab import (  # noqa: F401  (fixtures)
+    REPO,
+    SystemdLab,
+    agentd_lab_fixture,
+    systemd_lab_fixture,
+)
 
 UNITS = REPO / "systemd"
 UNIT_FILES = ("agentd.service", "agentd.socket", "agentd@.service", "agentd@.socket")
@@ -18,11 +23,15 @@ MAX_EXPOSURE = 1.5
 # What an instance may set differently from agentd.service; everything else must match.
 INSTANCE_KEYS = {"Environment", "LoadCredential", "StateDirectory", "RuntimeDirectory"}
 
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+needs_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def analyze(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, cwd=cwd, check=False)
+    return subprocess.run(
+        ["systemd-analyze", *args], capture_output=True, text=True, cwd=cwd, check=False
+    )
 
 
 def unit_entries(path: Path) -> list[tuple[str, str, str]]:
@@ -45,7 +54,11 @@ def unit_entries(path: Path) -> list[tuple[str, str, str]]:
 def verifiable_units(tmp_path: Path) -> Path:
     """The four units, with ExecStart pointing at an executable that exists on this host."""
     for name in UNIT_FILES:
-        text = (UNITS / name).read_text().replace("ExecStart=/usr/local/bin/agentd", "ExecStart=/bin/true")
+        text = (
+            (UNITS / name)
+            .read_text()
+            .replace("ExecStart=/usr/local/bin/agentd", "ExecStart=/bin/true")
+        )
         (tmp_path / name).write_text(text)
     return tmp_path
 
@@ -87,14 +100,25 @@ def test_network_stays_reachable_for_gemini(unit: str) -> None:
 
 
 def test_template_service_is_hardened_like_the_main_service() -> None:
-    main = [e for e in unit_entries(UNITS / "agentd.service") if e[0] == "Service" and e[1] not in INSTANCE_KEYS]
-    template = [e for e in unit_entries(UNITS / "agentd@.service") if e[0] == "Service" and e[1] not in INSTANCE_KEYS]
+    main = [
+        e
+        for e in unit_entries(UNITS / "agentd.service")
+        if e[0] == "Service" and e[1] not in INSTANCE_KEYS
+    ]
+    template = [
+        e
+        for e in unit_entries(UNITS / "agentd@.service")
+        if e[0] == "Service" and e[1] not in INSTANCE_KEYS
+    ]
 
     assert template == main
 
 
 def test_socket_units_agree_with_the_services_on_the_group() -> None:
-    for socket_unit, service in (("agentd.socket", "agentd.service"), ("agentd@.socket", "agentd@.service")):
+    for socket_unit, service in (
+        ("agentd.socket", "agentd.service"),
+        ("agentd@.socket", "agentd@.service"),
+    ):
         socket_group = dict((k, v) for _, k, v in unit_entries(UNITS / socket_unit))["SocketGroup"]
         env = [v for _, k, v in unit_entries(UNITS / service) if k == "Environment"]
         assert f"AGENTD_DAEMON__SOCKET_GROUP={socket_group}" in env
@@ -105,11 +129,15 @@ def test_install_sh_with_destdir_stages_files_only(tmp_path: Path) -> None:
     2. No secret is generated into a staging tree.
     """
     env = {**os.environ, "DESTDIR": str(tmp_path)}
-    result = subprocess.run(["bash", str(UNITS / "install.sh")], env=env, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["bash", str(UNITS / "install.sh")], env=env, capture_output=True, text=True, check=False
+    )
 
     assert result.returncode == 0, result.stderr
     for name in UNIT_FILES:
-        assert (tmp_path / "usr/local/lib/systemd/system" / name).read_text() == (UNITS / name).read_text()
+        assert (tmp_path / "usr/local/lib/systemd/system" / name).read_text() == (
+            UNITS / name
+        ).read_text()
     assert (tmp_path / "usr/local/lib/sysusers.d/agentd.conf").is_file()
     assert (tmp_path / "usr/local/lib/tmpfiles.d/agentd.conf").is_file()
     assert os.readlink(tmp_path / "usr/local/bin/agentd") == "/opt/agentd/venv/bin/agentd"
@@ -139,10 +167,14 @@ def test_lab_boots_systemd_as_pid_1(systemd_lab: SystemdLab) -> None:
 
 @pytest.mark.systemd
 def test_lab_runs_a_unit_and_journals_its_output(systemd_lab: SystemdLab) -> None:
-    systemd_lab.write_unit("hello.service", "[Service]\nType=oneshot\nExecStart=/bin/echo lab-hello\n")
+    systemd_lab.write_unit(
+        "hello.service", "[Service]\nType=oneshot\nExecStart=/bin/echo lab-hello\n"
+    )
 
     assert systemd_lab.systemctl("start", "hello.service").returncode == 0
-    systemd_lab.wait_for_journal("hello.service", lambda e: e.get("MESSAGE") == "lab-hello", 5, what="echo")
+    systemd_lab.wait_for_journal(
+        "hello.service", lambda e: e.get("MESSAGE") == "lab-hello", 5, what="echo"
+    )
 
 
 @pytest.mark.systemd
@@ -156,7 +188,9 @@ def test_lab_passes_credentials_to_services(systemd_lab: SystemdLab) -> None:
     )
 
     assert systemd_lab.systemctl("start", "cred.service").returncode == 0
-    systemd_lab.wait_for_journal("cred.service", lambda e: e.get("MESSAGE") == "s3cret", 5, what="credential")
+    systemd_lab.wait_for_journal(
+        "cred.service", lambda e: e.get("MESSAGE") == "s3cret", 5, what="credential"
+    )
 
 
 @pytest.mark.systemd
@@ -190,7 +224,16 @@ def test_install_sh_lays_out_config_and_secrets(agentd_lab: SystemdLab) -> None:
     hex characters. 2. Run again, it keeps the key.
     """
     lab = agentd_lab
-    layout = lab.run(["stat", "-c", "%n %a %U %G", "/etc/agentd", "/etc/agentd/agentd.toml", "/etc/agentd/db-key"])
+    layout = lab.run(
+        [
+            "stat",
+            "-c",
+            "%n %a %U %G",
+            "/etc/agentd",
+            "/etc/agentd/agentd.toml",
+            "/etc/agentd/db-key",
+        ]
+    )
     key = lab.path("/etc/agentd/db-key").read_text()
 
     assert layout.stdout.splitlines() == [
@@ -199,7 +242,11 @@ def test_install_sh_lays_out_config_and_secrets(agentd_lab: SystemdLab) -> None:
         "/etc/agentd/db-key 600 root root",
     ]
     assert re.fullmatch(r"[0-9a-f]{64}\n", key)
-    lab.run(["/bin/bash", str(UNITS / "install.sh")], check=True, env={"AGENTD_VENV": "/opt/agentd/venv"})
+    lab.run(
+        ["/bin/bash", str(UNITS / "install.sh")],
+        check=True,
+        env={"AGENTD_VENV": "/opt/agentd/venv"},
+    )
     assert lab.path("/etc/agentd/db-key").read_text() == key
 
 
@@ -208,10 +255,31 @@ def test_install_sh_instance_creates_config_and_own_key(agentd_lab: SystemdLab) 
     lab = agentd_lab
     lab.run(["/bin/bash", str(UNITS / "install.sh"), "instance", "work"], check=True)
 
-    layout = lab.run(["stat", "-c", "%n %a %U %G", "/etc/agentd/work.toml", "/etc/agentd/work", "/etc/agentd/work/db-key"])
+    layout = lab.run(
+        [
+            "stat",
+            "-c",
+            "%n %a %U %G",
+            "/etc/agentd/work.toml",
+            "/etc/agentd/work",
+            "/etc/agentd/work/db-key",
+        ]
+    )
     assert layout.stdout.splitlines() == [
         "/etc/agentd/work.toml 640 root agentd",
         "/etc/agentd/work 700 root root",
         "/etc/agentd/work/db-key 600 root root",
     ]
-    assert lab.path("/etc/agentd/work/db-key").read_text() != lab.path("/etc/agentd/db-key").read_text()
+    assert (
+        lab.path("/etc/agentd/work/db-key").read_text()
+        != lab.path("/etc/agentd/db-key").read_text()
+    )
+
+
+@pytest.mark.systemd
+def test_enabling_the_service_enables_its_socket(agentd_lab: SystemdLab) -> None:
+    lab = agentd_lab
+    lab.systemctl("enable", "agentd.service", check=True)
+
+    assert lab.systemctl("is-enabled", "agentd.socket").stdout.strip() == "enabled"
+    assert lab.path("/etc/systemd/system/sockets.target.wants/agentd.socket").is_symlink()

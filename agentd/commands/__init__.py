@@ -45,11 +45,12 @@ class CommandSpec:
     cost: str  # "cheap" or "chat": which rate-limit budget it draws on
     when_stopping: bool  # still answered while STOPPING (status, health...)
     when_not_ready: bool  # answered in any state (status must explain ERROR)
+    long_running: bool  # cancelled when the client hangs up before the reply (chat, logs --follow)
 
 
 COMMANDS: dict[str, CommandSpec] = {}
 
-MODULES: Final = ("status", "stop")
+MODULES: Final = ("status", "stop", "chat")
 
 
 def command(
@@ -60,10 +61,11 @@ def command(
     cost: str = "cheap",
     when_stopping: bool = False,
     when_not_ready: bool = False,
+    long_running: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         COMMANDS[name] = CommandSpec(
-            name, handler, role, frozenset(args), cost, when_stopping, when_not_ready
+            name, handler, role, frozenset(args), cost, when_stopping, when_not_ready, long_running
         )
         return handler
 

@@ -190,6 +190,9 @@ def _read_response(response: types.GenerateContentResponse) -> tuple[str, str | 
     _raise_if_blocked(response)
     if not response.candidates:
         raise MalformedResponse("the response has neither candidates nor a block reason")
+    candidate = response.candidates[0]
+    if candidate.content is None and candidate.finish_reason is None:
+        raise MalformedResponse("the response's candidate has neither content nor an end")
     return _text_of(response), _notice_for(response)
 
 

@@ -1,0 +1,145 @@
+"""The chat pipeline, in order:
+
+    validate → admit (bounded queue) → persist the user turn → build the context
+    (history within a token budget) → provider (timeouts, retries, breaker,
+    fallback, degraded answer) → persist the answer → reply
+
+The user turn is committed before the provider is called, and the answer is
+committed before the reply leaves, so an answer a client saw is never lost.
+A chat cut off (client gone, shutdown) is marked interrupted. Logs carry ids,
+sizes and timings, never the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agentd.config import ChatSettings
+from agentd.errors import BadRequest
+from agentd.lifecycle import Lifecycle
+from agentd.limits import AdmissionQueue
+from agentd.providers import Answer, GenerationRequest, OnChunk, ProviderSettings, Turn, fit_history
+from agentd.providers.resilience import ResilientProvider
+from agentd.store import messages
+from agentd.store.database import Database
+from agentd.store.sessions import Session
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChatReply:
+    answer: str
+    session_id: str
+    request_id: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+    latency_ms: float
+    degraded: bool
+    fallback_used: bool
+    turns_left_out: int
+    notice: str | None
+    error_kind: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer, "session_id": self.session_id, "request_id": self.request_id,
+            "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 3), "degraded": self.degraded,
+            "fallback_used": self.fallback_used, "turns_left_out": self.turns_left_out,
+            "notice": self.notice, "error_kind": self.error_kind,
+        }
+
+
+def validate_prompt(prompt: str, max_bytes: int) -> str:
+    if not prompt.strip():
+        raise BadRequest("the prompt is empty")
+    size = len(prompt.encode("utf-8"))
+    if size > max_bytes:
+        raise BadRequest(f"the prompt is {size} bytes; the limit is {max_bytes} (chat.max_prompt_bytes)")
+    return prompt
+
+
+class ChatPipeline:
+    def __init__(
+        self,
+        settings: ChatSettings,
+        gemini: ProviderSettings,
+        db: Database,
+        provider: ResilientProvider,
+        lifecycle: Lifecycle,
+    ) -> None:
+        self._settings = settings
+        self._gemini = gemini
+        self._db = db
+        self._provider = provider
+        self._lifecycle = lifecycle
+        self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
+
+    async def chat(self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None) -> ChatReply:
+        validate_prompt(prompt, self._settings.max_prompt_bytes)
+        async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
+            self._lifecycle.begin_work()
+            try:
+                return await self._answer(session, request_id, prompt, on_chunk)
+            finally:
+                self._lifecycle.end_work()
+
+    async def _answer(self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None) -> ChatReply:
+        started = time.monotonic()
+        user_turn = await self._db.run(messages.record_user_turn, session.id, request_id, prompt)
+        try:
+            request, left_out = await self._build_request(session, request_id, prompt)
+            answer = await self._provider.generate(request, on_chunk)
+            await self._db.run(
+                messages.record_model_turn, session.id, request_id, user_turn, _model_turn(answer)
+            )
+        except BaseException:
+            # Cancelled (client gone, shutdown) or failed: the prompt stays, marked interrupted.
+            await asyncio.shield(self._db.run(messages.mark_interrupted, user_turn))
+            raise
+        latency_ms = (time.monotonic() - started) * 1000
+        logger.info(
+            "chat answered", extra={
+                "session_id": session.id, "model": answer.model, "degraded": answer.degraded,
+                "prompt_bytes": len(prompt.encode()), "answer_bytes": len(answer.text.encode()),
+                "tokens_in": answer.tokens_in, "tokens_out": answer.tokens_out,
+                "latency_ms": round(latency_ms, 3), "turns_left_out": left_out,
+            },
+        )
+        return ChatReply(
+            answer=answer.text, session_id=session.id, request_id=request_id, model=answer.model,
+            tokens_in=answer.tokens_in, tokens_out=answer.tokens_out, latency_ms=latency_ms,
+            degraded=answer.degraded, fallback_used=answer.fallback_used, turns_left_out=left_out,
+            notice=_notice(answer, left_out), error_kind=answer.error_kind,
+        )
+
+    async def _build_request(self, session: Session, request_id: str, prompt: str) -> tuple[GenerationRequest, int]:
+        stored = await self._db.run(messages.context_turns, session.id, self._settings.history_max_turns)
+        system_prompt = session.system_prompt or self._gemini.system_prompt
+        turns = [Turn(role, text) for role, text in stored] + [Turn("user", prompt)]  # type: ignore[arg-type]
+        fitted = fit_history(turns, self._gemini.context_token_budget, system_prompt)
+        request = GenerationRequest(request_id=request_id, system_prompt=system_prompt, turns=fitted.turns)
+        return request, fitted.omitted
+
+
+def _model_turn(answer: Answer) -> messages.ModelTurn:
+    if answer.error_kind == "blocked":
+        status = "blocked"
+    elif answer.degraded:
+        status = "degraded"
+    else:
+        status = "complete"
+    return messages.ModelTurn(answer.text, status, answer.model, answer.tokens_in, answer.tokens_out)
+
+
+def _notice(answer: Answer, left_out: int) -> str | None:
+    notes = [answer.notice] if answer.notice else []
+    if left_out:
+        notes.append(f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)")
+    return "; ".join(notes) or None

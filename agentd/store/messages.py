@@ -1,0 +1,125 @@
+"""Conversation turns. A user turn is committed *before* the model is asked, so a
+crash never loses what a user sent; the answer is committed before the reply.
+
+    user turn status:   pending ──▶ answered
+                           └──────▶ interrupted   (shutdown, crash, client gone)
+    model turn status:  complete | degraded | blocked | partial
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from agentd.store.database import Connection, transaction
+
+PENDING = "pending"
+ANSWERED = "answered"
+INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    id: int
+    request_id: str
+    role: str
+    content: str
+    status: str
+    model: str | None
+    tokens_in: int
+    tokens_out: int
+    created_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "request_id": self.request_id, "role": self.role, "content": self.content,
+            "status": self.status, "model": self.model, "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out, "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class ModelTurn:
+    content: str
+    status: str
+    model: str
+    tokens_in: int
+    tokens_out: int
+
+
+def record_user_turn(conn: Connection, session_id: str, request_id: str, content: str) -> int:
+    now = time.time()
+    with transaction(conn):
+        cursor = conn.execute(
+            "INSERT INTO messages (session_id, request_id, role, content, status, created_at) "
+            "VALUES (?, ?, 'user', ?, ?, ?)",
+            (session_id, request_id, content, PENDING, now),
+        )
+        conn.execute("UPDATE sessions SET last_used_at = ? WHERE id = ?", (now, session_id))
+    return int(cursor.lastrowid)
+
+
+def record_model_turn(
+    conn: Connection, session_id: str, request_id: str, user_turn_id: int, turn: ModelTurn
+) -> None:
+    """The answer, the user turn's new status and the session's count, in one transaction."""
+    now = time.time()
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO messages (session_id, request_id, role, content, status, model, tokens_in, "
+            "tokens_out, created_at) VALUES (?, ?, 'model', ?, ?, ?, ?, ?, ?)",
+            (session_id, request_id, turn.content, turn.status, turn.model, turn.tokens_in,
+             turn.tokens_out, now),
+        )
+        conn.execute("UPDATE messages SET status = ? WHERE id = ?", (ANSWERED, user_turn_id))
+        conn.execute(
+            "UPDATE sessions SET turns = turns + 1, last_used_at = ? WHERE id = ?", (now, session_id)
+        )
+
+
+def mark_interrupted(conn: Connection, user_turn_id: int) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE messages SET status = ? WHERE id = ? AND status = ?",
+            (INTERRUPTED, user_turn_id, PENDING),
+        )
+
+
+def interrupt_pending(conn: Connection) -> int:
+    """At start-up: turns left pending by a crash were interrupted."""
+    with transaction(conn):
+        cursor = conn.execute("UPDATE messages SET status = ? WHERE status = ?", (INTERRUPTED, PENDING))
+    return int(cursor.rowcount)
+
+
+def context_turns(conn: Connection, session_id: str, limit: int) -> list[tuple[str, str]]:
+    """(role, text) of the latest complete exchanges, oldest first, for the model's context.
+
+    Only exchanges the model really answered: degraded placeholders and
+    interrupted prompts would mislead it.
+    """
+    rows = conn.execute(
+        "SELECT u.content, m.content FROM messages m "
+        "JOIN messages u ON u.request_id = m.request_id AND u.role = 'user' AND u.session_id = m.session_id "
+        "WHERE m.session_id = ? AND m.role = 'model' AND m.status = 'complete' "
+        "ORDER BY m.id DESC LIMIT ?",
+        (session_id, limit),
+    ).fetchall()
+    turns: list[tuple[str, str]] = []
+    for user_text, model_text in reversed(rows):
+        turns += [("user", user_text), ("model", model_text)]
+    return turns
+
+
+def history(conn: Connection, session_id: str, limit: int) -> list[StoredTurn]:
+    rows = conn.execute(
+        "SELECT id, request_id, role, content, status, model, tokens_in, tokens_out, created_at "
+        "FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+        (session_id, limit),
+    ).fetchall()
+    return [StoredTurn(*row) for row in reversed(rows)]
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
