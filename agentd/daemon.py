@@ -262,19 +262,19 @@ class Daemon:
         if stats.state is not State.STOPPING:
             self.lifecycle.transition(State.STOPPING, self._stop_reason)
         self._notifier.stopping()
+        # 1. STOPPING: new work is answered SHUTTING_DOWN; status and health still answer.
+        drained = await self._drain()  # 2. in-flight chats finish within the grace period
         if self._server is not None:
-            self._server.stop_accepting()  # 1. refuse new connections
-        drained = await self._drain()  # 2. let in-flight chats finish within the grace period
-        if self._server is not None:
-            await self._server.close_connections()  # 3. cut what is left (marked interrupted)
+            self._server.stop_accepting()  # 3. no new connections
+            await self._server.close_connections()  # 4. cut what is left (marked interrupted)
         tasks = [*self._tasks, *([self._recovery] if self._recovery else [])]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         if self.runtime is not None:
             await self.runtime.provider.aclose()
-        await self._close_store()  # 4. persist state and close the store
-        self._remove_socket()  # 5. the socket file goes last: clients see "not running"
+        await self._close_store()  # 5. persist state and close the store
+        self._remove_socket()  # 6. the socket file goes last: clients see "not running"
         self.lifecycle.transition(State.STOPPED, self._stop_reason)
         logger.info(
             "stopped: %s; in-flight chats %s; %d connections served in this run",
@@ -284,11 +284,12 @@ class Daemon:
         self._notifier.close()
 
     async def _drain(self) -> bool:
-        if self.lifecycle.statistics().in_flight == 0:
+        if self._server is None:
             return True
         grace = self.config.daemon.shutdown_grace_s
-        logger.info("draining %d in-flight chats (up to %.1fs)", self.lifecycle.statistics().in_flight, grace)
-        idle = asyncio.create_task(self.lifecycle.wait_idle())
+        if self.lifecycle.statistics().in_flight:
+            logger.info("draining %d in-flight chats (up to %.1fs)", self.lifecycle.statistics().in_flight, grace)
+        idle = asyncio.create_task(self._server.wait_drained())
         force = asyncio.create_task(self._force.wait())
         done, pending = await asyncio.wait({idle, force}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:

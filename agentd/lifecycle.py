@@ -72,8 +72,6 @@ class Lifecycle:
         self._listeners: list[Listener] = []
         self._counts: Counter[str] = Counter()
         self._changed = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     @property
     def state(self) -> State:
@@ -100,14 +98,11 @@ class Lifecycle:
 
     def begin_work(self) -> None:
         self._in_flight += 1
-        self._idle.clear()
         if self._state == State.READY:
             self.transition(State.PROCESSING, "chat in flight")
 
     def end_work(self) -> None:
         self._in_flight -= 1
-        if self._in_flight == 0:
-            self._idle.set()
         if self._in_flight == 0 and self._state == State.PROCESSING:
             self.transition(State.READY, "no chat in flight")
 
@@ -133,10 +128,6 @@ class Lifecycle:
         while self._state not in states:
             await self._changed.wait()
         return self._state
-
-    async def wait_idle(self) -> None:
-        """Until no work is in flight."""
-        await self._idle.wait()
 
     def statistics(self) -> LifecycleStatistics:
         return LifecycleStatistics(

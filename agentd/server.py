@@ -109,6 +109,9 @@ class Server:
         self._total = 0
         self._refused = 0
         self._protocol_errors = 0
+        self._finishing = 0  # requests that must finish (reply sent) before a graceful stop
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(
@@ -125,6 +128,10 @@ class Server:
         for task in list(self._connections):
             task.cancel()
         await asyncio.gather(*self._connections, return_exceptions=True)
+
+    async def wait_drained(self) -> None:
+        """Until every request that must finish (chat) has sent its reply."""
+        await self._drained.wait()
 
     def statistics(self) -> ServerStatistics:
         return ServerStatistics(len(self._connections), self._total, self._refused, self._protocol_errors)
@@ -171,13 +178,26 @@ class Server:
                 await _send(writer, event(rid, kind, **fields))
 
             handling = self._dispatcher.handle(request, peer, emit)
-            if self._dispatcher.is_long_running(request.cmd):
+            if not self._dispatcher.is_long_running(request.cmd):
+                await _send(writer, await handling)
+                continue
+            self._begin_finishing()
+            try:
                 reply = await _unless_peer_leaves(handling, reader)
                 if reply is None:
                     return
-            else:
-                reply = await handling
-            await _send(writer, reply)
+                await _send(writer, reply)
+            finally:
+                self._end_finishing()
+
+    def _begin_finishing(self) -> None:
+        self._finishing += 1
+        self._drained.clear()
+
+    def _end_finishing(self) -> None:
+        self._finishing -= 1
+        if self._finishing == 0:
+            self._drained.set()
 
 
 async def _unless_peer_leaves(

@@ -17,12 +17,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from agentctl.client import Client, ConnectionLost, DaemonError, NotRunning
-from tests.fake_gemini import FakeGemini
+
+if TYPE_CHECKING:
+    from tests.fake_gemini import FakeGemini
 
 pytest_plugins = ["tests.fake_gemini"]
 

@@ -546,15 +546,15 @@ class SystemdLab:
         finds bin/agentd there and uses that venv as it is.
         """
         self._make_lab_venv()
+        dropin = f"[Service]\nEnvironment=AGENTD_GEMINI_BASE_URL={gemini_base_url}\n"
+        for unit in ("agentd.service", "agentd@.service"):
+            self.write_file(f"/etc/systemd/system/{unit}.d/50-lab.conf", dropin)
+        # install.sh ends with the daemon-reload that loads the units and the drop-ins.
         self.run(
             ["/bin/bash", str(REPO / "systemd" / "install.sh")],
             check=True,
             env={"AGENTD_VENV": LAB_VENV},
         )
-        dropin = f"[Service]\nEnvironment=AGENTD_GEMINI_BASE_URL={gemini_base_url}\n"
-        for unit in ("agentd.service", "agentd@.service"):
-            self.write_file(f"/etc/systemd/system/{unit}.d/50-lab.conf", dropin)
-        self.daemon_reload()
 
     def _make_lab_venv(self) -> None:
         site_packages = checkout_site_packages()

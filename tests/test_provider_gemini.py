@@ -30,7 +30,6 @@ from tests.fake_gemini import (
     FakeGemini,
     answer,
     answer_blocked,
-    fake_gemini_fixture,  # noqa: F401  (the `fake_gemini` fixture)
     forbidden,
     hang,
     malformed,
