@@ -72,7 +72,11 @@ def fail(message: str, status: int, error: DaemonError | None = None) -> NoRetur
     ctx = click.get_current_context(silent=True)
     options = ctx.find_object(Options) if ctx else None
     if options is not None and options.json:
-        payload = {"code": error.code, "message": error.message, **error.details} if error else {"message": message}
+        payload = (
+            {"code": error.code, "message": error.message, **error.details}
+            if error
+            else {"message": message}
+        )
         print_json({"ok": False, "exit_status": status, "error": payload})
     click.echo(f"agentctl: {message}", err=True)
     sys.exit(status)
@@ -86,13 +90,25 @@ def json_option(fn: F) -> F:
             ctx.ensure_object(Options).json = True
         return value
 
-    return click.option("--json", "json_flag", is_flag=True, expose_value=False, callback=remember,
-                        help="Print JSON for scripts.")(fn)
+    return click.option(
+        "--json",
+        "json_flag",
+        is_flag=True,
+        expose_value=False,
+        callback=remember,
+        help="Print JSON for scripts.",
+    )(fn)
 
 
 @click.group(cls=AgentctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--socket", "socket_path", metavar="PATH", envvar="AGENTD_SOCKET", show_envvar=True,
-              help="agentd's socket (default: $XDG_RUNTIME_DIR/agentd/agentd.sock).")
+@click.option(
+    "--socket",
+    "socket_path",
+    metavar="PATH",
+    envvar="AGENTD_SOCKET",
+    show_envvar=True,
+    help="agentd's socket (default: $XDG_RUNTIME_DIR/agentd/agentd.sock).",
+)
 @click.option("--json", "json_flag", is_flag=True, help="Print JSON for scripts.")
 @click.version_option(package_name="agentd", prog_name="agentctl")
 @click.pass_context
@@ -125,21 +141,27 @@ def start(timeout: float) -> None:
         return
     verb = "already running" if already else "started"
     click.echo(f"agentd {verb}: {state_colour(status['state'])}")
-    print_pairs([
-        ("agent", status["agent_id"]),
-        ("session", status["session_id"]),
-        ("pid", status["pid"]),
-        ("version", status["version"]),
-        ("socket", status["socket"]),
-    ])
+    print_pairs(
+        [
+            ("agent", status["agent_id"]),
+            ("session", status["session_id"]),
+            ("pid", status["pid"]),
+            ("version", status["version"]),
+            ("socket", status["socket"]),
+        ]
+    )
 
 
 def _launch(opts: Options, timeout: float) -> dict[str, Any]:
     env = {**os.environ, "AGENTD_SOCKET": opts.socket}
     process = subprocess.Popen(
         [sys.executable, "-m", "agentd", "--detached"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        start_new_session=True, close_fds=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
     )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,26 +202,34 @@ def status() -> None:
 
 def _print_status(s: dict[str, Any], socket_path: str) -> None:
     verdict = "healthy" if s.get("healthy") else "unhealthy"
-    click.echo(f"agentd {s['version']}: {state_colour(s['state'])} ({verdict}) - {s.get('state_reason', '')}")
-    print_pairs([
-        ("pid", s["pid"]),
-        ("uptime", human_duration(s["uptime_s"])),
-        ("agent", s["agent_id"]),
-        ("session", s["session_id"]),
-        ("profile", s.get("profile", "")),
-        ("socket", s.get("socket", socket_path)),
-        ("store", f"{s['store']['path']} ({human_bytes(s['store']['size_bytes'])})"),
-        ("in flight", s.get("in_flight", 0)),
-    ])
+    click.echo(
+        f"agentd {s['version']}: {state_colour(s['state'])} ({verdict}) - {s.get('state_reason', '')}"
+    )
+    print_pairs(
+        [
+            ("pid", s["pid"]),
+            ("uptime", human_duration(s["uptime_s"])),
+            ("agent", s["agent_id"]),
+            ("session", s["session_id"]),
+            ("profile", s.get("profile", "")),
+            ("socket", s.get("socket", socket_path)),
+            ("store", f"{s['store']['path']} ({human_bytes(s['store']['size_bytes'])})"),
+            ("in flight", s.get("in_flight", 0)),
+        ]
+    )
     click.echo("  components:")
     components = s.get("components", {})
     width = max((len(n) for n in components), default=0)
     for name, c in components.items():
-        click.echo(f"    {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}")
+        click.echo(
+            f"    {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}"
+        )
 
 
 @cli.command()
-@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for agentd to exit.")
+@click.option(
+    "--timeout", default=60.0, show_default=True, help="Seconds to wait for agentd to exit."
+)
 @json_option
 def stop(timeout: float) -> None:
     """Stop agentd gracefully (in-flight chats finish) and wait until it is gone."""

@@ -70,7 +70,10 @@ class Client:
             sock.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise NotRunning(self.path, "no socket" if isinstance(exc, FileNotFoundError) else "connection refused") from None
+            raise NotRunning(
+                self.path,
+                "no socket" if isinstance(exc, FileNotFoundError) else "connection refused",
+            ) from None
         except PermissionError:
             sock.close()
             raise PermissionRefused(f"permission denied on {self.path}") from None
@@ -84,7 +87,9 @@ class Client:
             self._sock.close()
             self._sock = None
 
-    def call(self, cmd: str, args: dict[str, Any] | None = None, on_event: OnEvent | None = None) -> dict[str, Any]:
+    def call(
+        self, cmd: str, args: dict[str, Any] | None = None, on_event: OnEvent | None = None
+    ) -> dict[str, Any]:
         """Send one request; deliver events to on_event; return the result or raise DaemonError."""
         if self._sock is None:
             self.connect()
@@ -127,7 +132,9 @@ class Client:
             except TimeoutError:
                 raise ConnectionLost("agentd did not answer in time") from None
             except OSError as exc:
-                raise ConnectionLost(f"lost the connection to agentd: {exc.strerror or exc}") from None
+                raise ConnectionLost(
+                    f"lost the connection to agentd: {exc.strerror or exc}"
+                ) from None
             if not chunk:
                 raise ConnectionLost("agentd closed the connection")
             chunks += chunk

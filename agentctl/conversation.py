@@ -23,14 +23,30 @@ CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 
 @click.command()
 @click.argument("message", required=False)
-@click.option("-s", "--session", "session_ref", metavar="NAME|ID", help="Use this session for this message.")
-@click.option("--new-session", "new_session", is_flag=False, flag_value="", default=None, metavar="[NAME]",
-              help="Start a new session (optionally named) and make it current.")
+@click.option(
+    "-s", "--session", "session_ref", metavar="NAME|ID", help="Use this session for this message."
+)
+@click.option(
+    "--new-session",
+    "new_session",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[NAME]",
+    help="Start a new session (optionally named) and make it current.",
+)
 @click.option("--system", "system_prompt", metavar="TEXT", help="System prompt of the new session.")
-@click.option("--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives.")
+@click.option(
+    "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
+)
 @json_option
-def chat(message: str | None, session_ref: str | None, new_session: str | None,
-         system_prompt: str | None, no_stream: bool) -> None:
+def chat(
+    message: str | None,
+    session_ref: str | None,
+    new_session: str | None,
+    system_prompt: str | None,
+    no_stream: bool,
+) -> None:
     """Ask the agent. Exit 5 when the answer is degraded (not from the model)."""
     opts = options()
     prompt = compose_prompt(message, sys.stdin)
@@ -89,7 +105,9 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
     if result.get("notice"):
         click.echo(f"agentctl: note: {result['notice']}", err=True)
     if result.get("degraded"):
-        click.echo(style("agentctl: degraded answer: not from the model (exit 5)", fg="yellow"), err=True)
+        click.echo(
+            style("agentctl: degraded answer: not from the model (exit 5)", fg="yellow"), err=True
+        )
 
 
 @click.group(invoke_without_command=True)
@@ -106,7 +124,12 @@ def sessions(ctx: click.Context, limit: int) -> None:
         print_json(result)
         return
     rows = [
-        [("* " if s["current"] else "  ") + s["id"], s["name"] or "", str(s["turns"]), _when(s["last_used_at"])]
+        [
+            ("* " if s["current"] else "  ") + s["id"],
+            s["name"] or "",
+            str(s["turns"]),
+            _when(s["last_used_at"]),
+        ]
         for s in result["sessions"]
     ]
     print_table(["  ID", "NAME", "TURNS", "LAST USED"], rows)
@@ -127,7 +150,9 @@ def sessions_new(name: str | None, system_prompt: str | None) -> None:
 @json_option
 def sessions_use(session_ref: str) -> None:
     """Make a session the current one."""
-    _show_session(options().client().call("session_use", {"session": session_ref}), "current session")
+    _show_session(
+        options().client().call("session_use", {"session": session_ref}), "current session"
+    )
 
 
 @sessions.command("delete")
@@ -167,11 +192,23 @@ def history(session_ref: str | None, limit: int) -> None:
         print_json(result)
         return
     s = result["session"]
-    click.echo(style(f"session {s['id']}" + (f" ({s['name']})" if s.get("name") else "") + f", {s['turns']} turns", bold=True))
+    click.echo(
+        style(
+            f"session {s['id']}"
+            + (f" ({s['name']})" if s.get("name") else "")
+            + f", {s['turns']} turns",
+            bold=True,
+        )
+    )
     for m in result["messages"]:
         status = "" if m["status"] in ("answered", "complete") else f" [{m['status']}]"
         who = "you" if m["role"] == "user" else (m.get("model") or "model")
-        click.echo(style(f"\n{who} · {_when(m['created_at'])}{status}", fg="cyan" if m["role"] == "user" else "green"))
+        click.echo(
+            style(
+                f"\n{who} · {_when(m['created_at'])}{status}",
+                fg="cyan" if m["role"] == "user" else "green",
+            )
+        )
         click.echo(m["content"])
 
 

@@ -21,7 +21,9 @@ def style(text: str, **kwargs: Any) -> str:
 
 
 def state_colour(state: str) -> str:
-    colour = {"READY": "green", "PROCESSING": "cyan", "ERROR": "red", "STOPPING": "yellow"}.get(state)
+    colour = {"READY": "green", "PROCESSING": "cyan", "ERROR": "red", "STOPPING": "yellow"}.get(
+        state
+    )
     return style(state, fg=colour, bold=True) if colour else state
 
 
@@ -42,8 +44,14 @@ def print_pairs(pairs: Iterable[tuple[str, Any]], indent: int = 2) -> None:
 
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    click.echo("  ".join(style(h.ljust(w), bold=True) for h, w in zip(headers, widths, strict=True)).rstrip())
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
+    click.echo(
+        "  ".join(
+            style(h.ljust(w), bold=True) for h, w in zip(headers, widths, strict=True)
+        ).rstrip()
+    )
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 

@@ -48,11 +48,18 @@ class ChatReply:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "answer": self.answer, "session_id": self.session_id, "request_id": self.request_id,
-            "model": self.model, "tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
-            "latency_ms": round(self.latency_ms, 3), "degraded": self.degraded,
-            "fallback_used": self.fallback_used, "turns_left_out": self.turns_left_out,
-            "notice": self.notice, "error_kind": self.error_kind,
+            "answer": self.answer,
+            "session_id": self.session_id,
+            "request_id": self.request_id,
+            "model": self.model,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "latency_ms": round(self.latency_ms, 3),
+            "degraded": self.degraded,
+            "fallback_used": self.fallback_used,
+            "turns_left_out": self.turns_left_out,
+            "notice": self.notice,
+            "error_kind": self.error_kind,
         }
 
 
@@ -61,7 +68,9 @@ def validate_prompt(prompt: str, max_bytes: int) -> str:
         raise BadRequest("the prompt is empty")
     size = len(prompt.encode("utf-8"))
     if size > max_bytes:
-        raise BadRequest(f"the prompt is {size} bytes; the limit is {max_bytes} (chat.max_prompt_bytes)")
+        raise BadRequest(
+            f"the prompt is {size} bytes; the limit is {max_bytes} (chat.max_prompt_bytes)"
+        )
     return prompt
 
 
@@ -81,7 +90,9 @@ class ChatPipeline:
         self._lifecycle = lifecycle
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
 
-    async def chat(self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None) -> ChatReply:
+    async def chat(
+        self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None
+    ) -> ChatReply:
         validate_prompt(prompt, self._settings.max_prompt_bytes)
         async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
             self._lifecycle.begin_work()
@@ -90,7 +101,9 @@ class ChatPipeline:
             finally:
                 self._lifecycle.end_work()
 
-    async def _answer(self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None) -> ChatReply:
+    async def _answer(
+        self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None
+    ) -> ChatReply:
         started = time.monotonic()
         user_turn = await self._db.run(messages.record_user_turn, session.id, request_id, prompt)
         try:
@@ -105,26 +118,46 @@ class ChatPipeline:
             raise
         latency_ms = (time.monotonic() - started) * 1000
         logger.info(
-            "chat answered", extra={
-                "session_id": session.id, "model": answer.model, "degraded": answer.degraded,
-                "prompt_bytes": len(prompt.encode()), "answer_bytes": len(answer.text.encode()),
-                "tokens_in": answer.tokens_in, "tokens_out": answer.tokens_out,
-                "latency_ms": round(latency_ms, 3), "turns_left_out": left_out,
+            "chat answered",
+            extra={
+                "session_id": session.id,
+                "model": answer.model,
+                "degraded": answer.degraded,
+                "prompt_bytes": len(prompt.encode()),
+                "answer_bytes": len(answer.text.encode()),
+                "tokens_in": answer.tokens_in,
+                "tokens_out": answer.tokens_out,
+                "latency_ms": round(latency_ms, 3),
+                "turns_left_out": left_out,
             },
         )
         return ChatReply(
-            answer=answer.text, session_id=session.id, request_id=request_id, model=answer.model,
-            tokens_in=answer.tokens_in, tokens_out=answer.tokens_out, latency_ms=latency_ms,
-            degraded=answer.degraded, fallback_used=answer.fallback_used, turns_left_out=left_out,
-            notice=_notice(answer, left_out), error_kind=answer.error_kind,
+            answer=answer.text,
+            session_id=session.id,
+            request_id=request_id,
+            model=answer.model,
+            tokens_in=answer.tokens_in,
+            tokens_out=answer.tokens_out,
+            latency_ms=latency_ms,
+            degraded=answer.degraded,
+            fallback_used=answer.fallback_used,
+            turns_left_out=left_out,
+            notice=_notice(answer, left_out),
+            error_kind=answer.error_kind,
         )
 
-    async def _build_request(self, session: Session, request_id: str, prompt: str) -> tuple[GenerationRequest, int]:
-        stored = await self._db.run(messages.context_turns, session.id, self._settings.history_max_turns)
+    async def _build_request(
+        self, session: Session, request_id: str, prompt: str
+    ) -> tuple[GenerationRequest, int]:
+        stored = await self._db.run(
+            messages.context_turns, session.id, self._settings.history_max_turns
+        )
         system_prompt = session.system_prompt or self._gemini.system_prompt
         turns = [Turn(role, text) for role, text in stored] + [Turn("user", prompt)]  # type: ignore[arg-type]
         fitted = fit_history(turns, self._gemini.context_token_budget, system_prompt)
-        request = GenerationRequest(request_id=request_id, system_prompt=system_prompt, turns=fitted.turns)
+        request = GenerationRequest(
+            request_id=request_id, system_prompt=system_prompt, turns=fitted.turns
+        )
         return request, fitted.omitted
 
 
@@ -135,11 +168,15 @@ def _model_turn(answer: Answer) -> messages.ModelTurn:
         status = "degraded"
     else:
         status = "complete"
-    return messages.ModelTurn(answer.text, status, answer.model, answer.tokens_in, answer.tokens_out)
+    return messages.ModelTurn(
+        answer.text, status, answer.model, answer.tokens_in, answer.tokens_out
+    )
 
 
 def _notice(answer: Answer, left_out: int) -> str | None:
     notes = [answer.notice] if answer.notice else []
     if left_out:
-        notes.append(f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)")
+        notes.append(
+            f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)"
+        )
     return "; ".join(notes) or None

@@ -24,12 +24,26 @@ logger = logging.getLogger("agentd")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="PATH", help="TOML config file (else AGENTD_CONFIG, /etc/agentd/agentd.toml, ~/.config/agentd/agentd.toml).")
-@click.option("--check-config", is_flag=True, help="Validate the config, print the effective values and where each came from, and exit.")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="TOML config file (else AGENTD_CONFIG, /etc/agentd/agentd.toml, ~/.config/agentd/agentd.toml).",
+)
+@click.option(
+    "--check-config",
+    is_flag=True,
+    help="Validate the config, print the effective values and where each came from, and exit.",
+)
 @click.option("--socket", "socket_path", metavar="PATH", help="Unix socket to listen on.")
 @click.option("--state-dir", metavar="DIR", help="Directory for the database, keys and log files.")
 @click.option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR.")
-@click.option("--detached", is_flag=True, hidden=True, help="Started by `agentctl start`: stop writing to stderr once READY.")
+@click.option(
+    "--detached",
+    is_flag=True,
+    hidden=True,
+    help="Started by `agentctl start`: stop writing to stderr once READY.",
+)
 @click.version_option(__version__, "--version", prog_name="agentd")
 def main(
     config_path: str | None,
@@ -41,7 +55,11 @@ def main(
 ) -> None:
     """The agentd daemon: an AI agent as a Linux service."""
     environ = current_environ()
-    flags = {"daemon.socket_path": socket_path, "daemon.state_dir": state_dir, "log.level": log_level}
+    flags = {
+        "daemon.socket_path": socket_path,
+        "daemon.state_dir": state_dir,
+        "log.level": log_level,
+    }
     try:
         config = load_config(environ, config_path=config_path, flags=flags)
         paths = resolve_paths(config, environ)
@@ -58,7 +76,9 @@ def _run(config: Config, paths: Paths, detached: bool) -> int:
     from agentd.systemd import stderr_is_journal
     from agentd.telemetry.logs import setup_logging
 
-    sinks = setup_logging(config.log.level, config.log.ring_size, journal=stderr_is_journal(os.environ))
+    sinks = setup_logging(
+        config.log.level, config.log.ring_size, journal=stderr_is_journal(os.environ)
+    )
     daemon = Daemon(config, paths, os.environ, sinks, detached=detached)
     try:
         asyncio.run(daemon.run())
@@ -96,7 +116,9 @@ def _print_config(config: Config, paths: Paths) -> None:
         has_key = load_gemini_key(config, paths, current_environ()) is not None
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
-    click.echo(f"# gemini api key: {'configured (redacted)' if has_key else 'not configured: chat answers in degraded mode'}")
+    click.echo(
+        f"# gemini api key: {'configured (redacted)' if has_key else 'not configured: chat answers in degraded mode'}"
+    )
     section = ""
     for key, value, source in effective_items(config):
         head, _, name = key.partition(".")

@@ -169,7 +169,9 @@ def _field_types() -> dict[str, Any]:
     return out
 
 
-def _apply(values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str) -> None:
+def _apply(
+    values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str
+) -> None:
     types_by_key = _field_types()
     for key, raw in layer.items():
         if key not in types_by_key:
@@ -243,7 +245,16 @@ def _convert(raw: Any, kind: Any) -> Any:
     if kind is bool:
         if isinstance(raw, bool):
             return raw
-        if isinstance(raw, str) and raw.lower() in {"1", "true", "yes", "on", "0", "false", "no", "off"}:
+        if isinstance(raw, str) and raw.lower() in {
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        }:
             return raw.lower() in {"1", "true", "yes", "on"}
         return _NO
     if kind is int:
@@ -275,7 +286,9 @@ def _convert(raw: Any, kind: Any) -> Any:
     return _NO
 
 
-def _build(profile: str, values: dict[str, Any], sources: dict[str, str], path: Path | None) -> Config:
+def _build(
+    profile: str, values: dict[str, Any], sources: dict[str, str], path: Path | None
+) -> Config:
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         prefix = f"{section}."
@@ -295,7 +308,9 @@ def _validate(config: Config) -> None:
     import logging
 
     if config.log.level.upper() not in logging.getLevelNamesMapping():
-        raise ConfigError(f"{_origin(config, 'log.level')}: log.level {config.log.level!r} is not a level")
+        raise ConfigError(
+            f"{_origin(config, 'log.level')}: log.level {config.log.level!r} is not a level"
+        )
     positive = {
         "daemon.max_frame_bytes": config.daemon.max_frame_bytes,
         "daemon.max_connections": config.daemon.max_connections,

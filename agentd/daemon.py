@@ -90,11 +90,18 @@ class Daemon:
     # -- startup ----------------------------------------------------------------
 
     async def startup(self) -> None:
-        self.lifecycle.add_listener(lambda old, new, reason: self._notifier.status(f"{new}: {reason}"))
+        self.lifecycle.add_listener(
+            lambda old, new, reason: self._notifier.status(f"{new}: {reason}")
+        )
         self._install_signal_handlers()
         _raise_fd_limit()
         ensure_private_dir(self.paths.state_dir)
-        add_log_file(self._log_sinks, self.paths.log_file, self.config.log.file_max_bytes, self.config.log.file_backups)
+        add_log_file(
+            self._log_sinks,
+            self.paths.log_file,
+            self.config.log.file_max_bytes,
+            self.config.log.file_backups,
+        )
         runtime = await self._open_store()
         sock = self._listen_socket()
         self._server = Server(self.config.daemon, Dispatcher(runtime))
@@ -102,8 +109,12 @@ class Daemon:
         self.lifecycle.transition(State.READY, "listening")
         self._notifier.ready(f"{State.READY}: listening on {self.paths.socket}")
         logger.info(
-            "agentd %s ready on %s (pid %d, session %s)", runtime.version, self.paths.socket, os.getpid(),
-            runtime.session_id, extra={"session_id": runtime.session_id},
+            "agentd %s ready on %s (pid %d, session %s)",
+            runtime.version,
+            self.paths.socket,
+            os.getpid(),
+            runtime.session_id,
+            extra={"session_id": runtime.session_id},
         )
         self._start_background_tasks()
         if self._detached:
@@ -111,18 +122,27 @@ class Daemon:
 
     async def _open_store(self) -> Runtime:
         key = load_db_key(self.config, self.paths, self._environ)
-        self._db = Database(self.paths.database, key.secret, busy_timeout_ms=self.config.store.busy_timeout_ms)
+        self._db = Database(
+            self.paths.database, key.secret, busy_timeout_ms=self.config.store.busy_timeout_ms
+        )
         try:
             await self._db.open()
         except ConfigError as exc:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
-        agent_id, session_id, lifetime, interrupted = await self._db.run(_restore, self.config.profile)
+        agent_id, session_id, lifetime, interrupted = await self._db.run(
+            _restore, self.config.profile
+        )
         logger.info(
-            "store open: %s (%d migrations applied now, key from %s)", self.paths.database, len(applied), key.source
+            "store open: %s (%d migrations applied now, key from %s)",
+            self.paths.database,
+            len(applied),
+            key.source,
         )
         if interrupted:
-            logger.warning("%d chats cut off by the previous run are marked interrupted", interrupted)
+            logger.warning(
+                "%d chats cut off by the previous run are marked interrupted", interrupted
+            )
         provider = self._create_provider()
         self.runtime = Runtime(
             config=self.config,
@@ -133,7 +153,9 @@ class Daemon:
             logs=self._log_sinks,
             access=self._access_policy(),
             provider=provider,
-            chat=ChatPipeline(self.config.chat, self.config.gemini, self._db, provider, self.lifecycle),
+            chat=ChatPipeline(
+                self.config.chat, self.config.gemini, self._db, provider, self.lifecycle
+            ),
             agent_id=agent_id,
             session_id=session_id,
             request_stop=self.request_stop,
@@ -143,16 +165,22 @@ class Daemon:
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
         problem = provider.configuration_problem()
         if problem is None:
-            self.runtime.health.report("gemini", Level.OK, f"key configured; model {self.config.gemini.model}")
+            self.runtime.health.report(
+                "gemini", Level.OK, f"key configured; model {self.config.gemini.model}"
+            )
         else:
-            self.runtime.health.report("gemini", Level.DEGRADED, "no API key: chat answers in degraded mode")
+            self.runtime.health.report(
+                "gemini", Level.DEGRADED, "no API key: chat answers in degraded mode"
+            )
         load_commands()
         return self.runtime
 
     def _create_provider(self) -> ResilientProvider:
         key = load_gemini_key(self.config, self.paths, self._environ)
         return create_provider(
-            self.config.gemini, key.reveal() if key else None, on_breaker_change=self._on_breaker_change
+            self.config.gemini,
+            key.reveal() if key else None,
+            on_breaker_change=self._on_breaker_change,
         )
 
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
@@ -163,7 +191,9 @@ class Daemon:
             self.runtime.health.report("gemini", Level.FAILED, reason)
             self.lifecycle.component_failed("gemini", reason)
             if self._recovery is None or self._recovery.done():
-                self._recovery = asyncio.create_task(self._recover_provider(), name="gemini-recovery")
+                self._recovery = asyncio.create_task(
+                    self._recover_provider(), name="gemini-recovery"
+                )
         elif new is BreakerState.CLOSED:
             self.runtime.health.report("gemini", Level.OK, "answering again")
             self.lifecycle.component_recovered("gemini")
@@ -176,16 +206,23 @@ class Daemon:
         while provider.statistics().breaker.state is not BreakerState.CLOSED:
             await asyncio.sleep(delay)
             check = await provider.check_key()
-            logger.info("gemini recovery probe: %s", check.status, extra={"probe": str(check.status)})
-            delay = min(max(delay * 2, provider.statistics().breaker.cooldown_remaining_s),
-                        self.config.daemon.recovery_max_backoff_s)
+            logger.info(
+                "gemini recovery probe: %s", check.status, extra={"probe": str(check.status)}
+            )
+            delay = min(
+                max(delay * 2, provider.statistics().breaker.cooldown_remaining_s),
+                self.config.daemon.recovery_max_backoff_s,
+            )
 
     def _access_policy(self) -> Any:
         a = self.config.access
         try:
             return build_policy(
-                admin_users=a.admin_users, admin_groups=a.admin_groups, chat_groups=a.chat_groups,
-                read_groups=a.read_groups, socket_group=self.config.daemon.socket_group,
+                admin_users=a.admin_users,
+                admin_groups=a.admin_groups,
+                chat_groups=a.chat_groups,
+                read_groups=a.read_groups,
+                socket_group=self.config.daemon.socket_group,
             )
         except LookupError as exc:
             raise ConfigError(f"[access]: {exc.args[0]}") from None
@@ -202,12 +239,16 @@ class Daemon:
     def _start_background_tasks(self) -> None:
         interval = watchdog_interval(self._environ)
         if interval:
-            self._tasks.append(asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog"))
+            self._tasks.append(
+                asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog")
+            )
         self._tasks.append(asyncio.create_task(self._check_health(), name="health"))
         assert self.runtime is not None
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
-            self._tasks.append(asyncio.create_task(self.runtime.provider.warm_up(), name="gemini-warm-up"))
+            self._tasks.append(
+                asyncio.create_task(self.runtime.provider.warm_up(), name="gemini-warm-up")
+            )
 
     # -- main loop ------------------------------------------------------------------
 
@@ -278,7 +319,8 @@ class Daemon:
         self.lifecycle.transition(State.STOPPED, self._stop_reason)
         logger.info(
             "stopped: %s; in-flight chats %s; %d connections served in this run",
-            self._stop_reason, "drained" if drained else "interrupted",
+            self._stop_reason,
+            "drained" if drained else "interrupted",
             self._server.statistics().connections_total if self._server else 0,
         )
         self._notifier.close()
@@ -288,10 +330,16 @@ class Daemon:
             return True
         grace = self.config.daemon.shutdown_grace_s
         if self.lifecycle.statistics().in_flight:
-            logger.info("draining %d in-flight chats (up to %.1fs)", self.lifecycle.statistics().in_flight, grace)
+            logger.info(
+                "draining %d in-flight chats (up to %.1fs)",
+                self.lifecycle.statistics().in_flight,
+                grace,
+            )
         idle = asyncio.create_task(self._server.wait_drained())
         force = asyncio.create_task(self._force.wait())
-        done, pending = await asyncio.wait({idle, force}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(
+            {idle, force}, timeout=grace, return_when=asyncio.FIRST_COMPLETED
+        )
         for task in pending:
             task.cancel()
         return idle in done
@@ -319,7 +367,9 @@ def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str], int]:
         session_id = sessions.create(conn, name=None).id
     lifetime: Counter[str] = Counter(state.get_value(conn, "lifetime") or {})
     lifetime["starts"] += 1
-    state.put_values(conn, {"agent_id": agent_id, "current_session": session_id, "lifetime": dict(lifetime)})
+    state.put_values(
+        conn, {"agent_id": agent_id, "current_session": session_id, "lifetime": dict(lifetime)}
+    )
     return agent_id, session_id, lifetime, messages.interrupt_pending(conn)
 
 

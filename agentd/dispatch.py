@@ -50,7 +50,9 @@ class Dispatcher:
             result = await spec.handler(self._runtime, call)
         except RequestError as exc:
             self._log_outcome(call, started, exc.code)
-            return error_reply(request.id, exc.code, exc.message, request_id=call.request_id, **exc.details)
+            return error_reply(
+                request.id, exc.code, exc.message, request_id=call.request_id, **exc.details
+            )
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -58,8 +60,11 @@ class Dispatcher:
             logger.exception("internal error in %s", request.cmd, extra={"error_id": error_id})
             self._log_outcome(call, started, ErrorCode.INTERNAL)
             return error_reply(
-                request.id, ErrorCode.INTERNAL, f"internal error; see the daemon log for {error_id}",
-                error_id=error_id, request_id=call.request_id,
+                request.id,
+                ErrorCode.INTERNAL,
+                f"internal error; see the daemon log for {error_id}",
+                error_id=error_id,
+                request_id=call.request_id,
             )
         self._log_outcome(call, started, None)
         return ok_reply(request.id, {**result, "request_id": call.request_id})
@@ -74,7 +79,9 @@ class Dispatcher:
             raise UnknownCommand(f"unknown command {call.request.cmd!r}")
         role = self._runtime.access.role_of(call.peer)
         if role < spec.role:
-            raise Forbidden(f"{spec.name} needs the {spec.role.name.lower()} role; uid {call.peer.uid} has {_role_name(role)}")
+            raise Forbidden(
+                f"{spec.name} needs the {spec.role.name.lower()} role; uid {call.peer.uid} has {_role_name(role)}"
+            )
         state = self._runtime.lifecycle.state
         if state in (State.STOPPING, State.STOPPED) and not spec.when_stopping:
             raise ShuttingDown("agentd is shutting down")
@@ -89,9 +96,15 @@ class Dispatcher:
         latency_ms = (time.monotonic() - started) * 1000
         self._runtime.lifetime["requests_total"] += 1
         logger.debug(
-            "%s %s", call.request.cmd, "ok" if code is None else code,
-            extra={"command": call.request.cmd, "outcome": "ok" if code is None else "error",
-                   "error_code": code, "latency_ms": round(latency_ms, 3)},
+            "%s %s",
+            call.request.cmd,
+            "ok" if code is None else code,
+            extra={
+                "command": call.request.cmd,
+                "outcome": "ok" if code is None else "error",
+                "error_code": code,
+                "latency_ms": round(latency_ms, 3),
+            },
         )
 
 

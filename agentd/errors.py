@@ -1,20 +1,20 @@
 """The daemon's exception tree. Every wire-facing error carries its stable code.
 
-    AgentdError                      root; never escapes to the wire untranslated
-    ├── ConfigError                  bad config, unreadable secret (exit 78)
-    │   └── WrongKeyError            the DB key does not open the database (exit 78)
-    ├── RequestError                 answered to one request with error.code
-    │   ├── BadRequest               BAD_REQUEST
-    │   ├── UnknownCommand           UNKNOWN_COMMAND
-    │   ├── Forbidden                FORBIDDEN
-    │   ├── NotReady                 NOT_READY
-    │   ├── RateLimited              RATE_LIMITED (retry_after)
-    │   ├── Busy                     BUSY
-    │   ├── ShuttingDown             SHUTTING_DOWN
-    │   ├── NotFound                 NOT_FOUND
-    │   └── ProviderFailed           PROVIDER_ERROR
-    ├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
-    └── AlreadyRunning               a live daemon owns the socket
+AgentdError                      root; never escapes to the wire untranslated
+├── ConfigError                  bad config, unreadable secret (exit 78)
+│   └── WrongKeyError            the DB key does not open the database (exit 78)
+├── RequestError                 answered to one request with error.code
+│   ├── BadRequest               BAD_REQUEST
+│   ├── UnknownCommand           UNKNOWN_COMMAND
+│   ├── Forbidden                FORBIDDEN
+│   ├── NotReady                 NOT_READY
+│   ├── RateLimited              RATE_LIMITED (retry_after)
+│   ├── Busy                     BUSY
+│   ├── ShuttingDown             SHUTTING_DOWN
+│   ├── NotFound                 NOT_FOUND
+│   └── ProviderFailed           PROVIDER_ERROR
+├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
+└── AlreadyRunning               a live daemon owns the socket
 """
 
 from __future__ import annotations

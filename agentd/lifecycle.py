@@ -88,7 +88,9 @@ class Lifecycle:
             raise IllegalTransition(f"{old} -> {new} is not allowed ({reason})")
         self._state, self._since, self._reason = new, self._clock(), reason
         self._counts[f"{old}->{new}"] += 1
-        logger.info("state %s -> %s: %s", old, new, reason, extra={"state": str(new), "previous": str(old)})
+        logger.info(
+            "state %s -> %s: %s", old, new, reason, extra={"state": str(new), "previous": str(old)}
+        )
         for listener in self._listeners:
             listener(old, new, reason)
         self._changed.set()

@@ -153,7 +153,9 @@ def request_id_of(message: Any) -> int | str | None:
     return None
 
 
-def make_request(request_id: int | str, cmd: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_request(
+    request_id: int | str, cmd: str, args: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return {"v": VERSION, "id": request_id, "cmd": cmd, "args": args or {}}
 
 

@@ -43,10 +43,7 @@ class Runtime:
         return time.monotonic() - self.started_monotonic
 
     def store_size_bytes(self) -> int:
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                total += self.paths.database.with_name(self.paths.database.name + suffix).stat().st_size
-            except FileNotFoundError:
-                pass
-        return total
+        """The database with its WAL and shared-memory files."""
+        db = self.paths.database
+        files = (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+        return sum(f.stat().st_size for f in files if f.exists())

@@ -115,7 +115,9 @@ class Server:
 
     async def start(self, sock: socket.socket) -> None:
         self._server = await asyncio.start_unix_server(
-            self._serve, sock=sock, limit=self._settings.max_frame_bytes + HEADER.size,
+            self._serve,
+            sock=sock,
+            limit=self._settings.max_frame_bytes + HEADER.size,
             backlog=LISTEN_BACKLOG,  # asyncio would listen() again with its default of 100
         )
 
@@ -134,7 +136,9 @@ class Server:
         await self._drained.wait()
 
     def statistics(self) -> ServerStatistics:
-        return ServerStatistics(len(self._connections), self._total, self._refused, self._protocol_errors)
+        return ServerStatistics(
+            len(self._connections), self._total, self._refused, self._protocol_errors
+        )
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -160,11 +164,15 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> None:
         while True:
-            header = await asyncio.wait_for(reader.readexactly(HEADER.size), self._settings.idle_timeout_s)
+            header = await asyncio.wait_for(
+                reader.readexactly(HEADER.size), self._settings.idle_timeout_s
+            )
             message: Any = None
             try:
                 length = frame_length(header, self._settings.max_frame_bytes)
-                body = await asyncio.wait_for(reader.readexactly(length), self._settings.frame_timeout_s)
+                body = await asyncio.wait_for(
+                    reader.readexactly(length), self._settings.frame_timeout_s
+                )
                 message = decode_body(body)
                 request = parse_request(message)
             except ProtocolError as exc:

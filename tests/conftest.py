@@ -33,19 +33,26 @@ START_TIMEOUT = 15.0
 
 
 def clean_environ(base: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AGENTD_", "GEMINI_", "GOOGLE_", "NOTIFY_", "LISTEN_", "WATCHDOG_", "JOURNAL_"))
-           and k not in {"STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY", "NO_COLOR"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(
+            ("AGENTD_", "GEMINI_", "GOOGLE_", "NOTIFY_", "LISTEN_", "WATCHDOG_", "JOURNAL_")
+        )
+        and k not in {"STATE_DIRECTORY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY", "NO_COLOR"}
+    }
     config = base / "empty.toml"
     config.touch()
-    env.update({
-        "HOME": str(base / "home"),
-        "XDG_RUNTIME_DIR": str(base / "run"),
-        "AGENTD_CONFIG": str(config),
-        "AGENTD_STATE_DIR": str(base / "state"),
-        "AGENTD_SOCKET": str(base / "run" / "agentd.sock"),
-        "PYTHONPATH": str(REPO),
-    })
+    env.update(
+        {
+            "HOME": str(base / "home"),
+            "XDG_RUNTIME_DIR": str(base / "run"),
+            "AGENTD_CONFIG": str(config),
+            "AGENTD_STATE_DIR": str(base / "state"),
+            "AGENTD_SOCKET": str(base / "run" / "agentd.sock"),
+            "PYTHONPATH": str(REPO),
+        }
+    )
     return env
 
 
@@ -81,7 +88,9 @@ class DaemonProcess:
     def start(self, *args: str, wait: bool = True) -> DaemonProcess:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agentd", *self.extra_args, *args],
-            env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
             stderr=self.stderr_path.open("ab"),
         )
         if wait:
@@ -130,17 +139,27 @@ class DaemonProcess:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(10)
 
-    def agentctl(self, *args: str, input: bytes | None = None, timeout: float = 60,
-                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    def agentctl(
+        self,
+        *args: str,
+        input: bytes | None = None,
+        timeout: float = 60,
+        env: dict[str, str] | None = None,
+    ) -> subprocess.CompletedProcess[bytes]:
         return run_agentctl(self.env if env is None else env, *args, input=input, timeout=timeout)
 
 
-def run_agentctl(env: dict[str, str], *args: str, input: bytes | None = None,
-                 timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+def run_agentctl(
+    env: dict[str, str], *args: str, input: bytes | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "agentctl", *args], env=env, input=input,
+        [sys.executable, "-m", "agentctl", *args],
+        env=env,
+        input=input,
         stdin=None if input is not None else subprocess.DEVNULL,
-        capture_output=True, timeout=timeout, check=False,
+        capture_output=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -192,6 +211,8 @@ def gemini_env(fake: FakeGemini, **overrides: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def gemini_daemon(make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini) -> DaemonProcess:
+def gemini_daemon(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> DaemonProcess:
     """A running daemon with an API key, talking to the fake Gemini over HTTP."""
     return make_daemon(gemini_env(fake_gemini)).start()

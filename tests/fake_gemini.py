@@ -75,6 +75,7 @@ class Reply:
     body: bytes | None = None  # sent as is (errors, malformed bodies)
     headers: tuple[tuple[str, str], ...] = ()
     delay_s: float = 0.0  # before the response starts
+    chunk_delay_s: float = 0.0  # stream: before each chunk after the first
     hang: bool = False  # read the request, never answer (until the client leaves)
     drop: bool = False  # close the connection without a response
     # Stream: after `fail_after` chunks, cut the connection or send an error event.
@@ -88,9 +89,10 @@ def answer(
     chunks: tuple[str, ...] | None = None,
     finish_reason: str = "STOP",
     delay_s: float = 0.0,
+    chunk_delay_s: float = 0.0,
 ) -> Reply:
     return Reply(text="".join(chunks) if chunks else text, chunks=chunks,
-                 finish_reason=finish_reason, delay_s=delay_s)
+                 finish_reason=finish_reason, delay_s=delay_s, chunk_delay_s=chunk_delay_s)
 
 
 def echo() -> Reply:
@@ -479,7 +481,10 @@ async def _stream(writer: asyncio.StreamWriter, request: RecordedRequest, reply:
             "Transfer-Encoding: chunked"]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     events = _stream_events(request, reply)
-    for event in events if reply.fail_after is None else events[:reply.fail_after]:
+    for index, event in enumerate(events if reply.fail_after is None
+                                  else events[:reply.fail_after]):
+        if index and reply.chunk_delay_s:
+            await asyncio.sleep(reply.chunk_delay_s)
         await _send_chunk(writer, _sse(event))
     if reply.fail_after is not None:
         if reply.fail_with == "disconnect":

@@ -61,6 +61,7 @@ LAB_VENV: Final = "/opt/agentd/venv"
 SYSTEM_PYTHON: Final = "/usr/bin/python3"
 # Nothing listens there: the daemon must never reach out of the lab for Gemini.
 UNREACHABLE_GEMINI: Final = "http://127.0.0.1:9"
+FAKE_GEMINI_PORT: Final = 8089  # the lab has its own network namespace: no clash possible
 
 # Runs as PID 1 of the new namespaces (argv: mount point, fixtures dir), then execs systemd.
 INNER_SH: Final = r"""#!/bin/bash
@@ -434,20 +435,14 @@ class SystemdLab:
 
         The environment is a clean one (PATH, LANG) plus env: nothing leaks in from pytest.
         """
-        if self.pid is None:
-            raise LabError("the lab is not booted")
-        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        if user is not None:
-            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
-        full_env = {"PATH": LAB_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
-        full_env.update(env or {})
+        argv = self._command(cmd, user)
         result = subprocess.run(
-            ["nsenter", "-t", str(self.pid), *NSENTER_NAMESPACES, *argv],
+            argv,
             input=input,
             capture_output=True,
             text=True,
             timeout=timeout,
-            env=full_env,
+            env=self._environ(env),
             check=False,
         )
         if check and result.returncode != 0:
@@ -456,6 +451,39 @@ class SystemdLab:
                 f"stdout: {result.stdout}\nstderr: {result.stderr}"
             )
         return result
+
+    def popen(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        env: Mapping[str, str] | None = None,
+        user: str | None = None,
+    ) -> subprocess.Popen[str]:
+        """Start cmd inside the lab in the background (stdout and stderr piped); the
+        caller waits for it (communicate() with a timeout).
+        """
+        return subprocess.Popen(
+            self._command(cmd, user),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self._environ(env),
+        )
+
+    def _command(self, cmd: Sequence[str] | str, user: str | None) -> list[str]:
+        if self.pid is None:
+            raise LabError("the lab is not booted")
+        argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if user is not None:
+            argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", *argv]
+        return ["nsenter", "-t", str(self.pid), *NSENTER_NAMESPACES, *argv]
+
+    @staticmethod
+    def _environ(env: Mapping[str, str] | None) -> dict[str, str]:
+        full = {"PATH": LAB_PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"}
+        full.update(env or {})
+        return full
 
     def systemctl(
         self, *args: str, check: bool = False, timeout: float = 60.0
@@ -569,6 +597,28 @@ class SystemdLab:
                 f"sys.exit({func}())\n"
             )
             self.write_file(f"{LAB_VENV}/bin/{name}", script, mode=0o755)
+
+    def start_fake_gemini(self, *, port: int = FAKE_GEMINI_PORT, delay_s: float = 0.0) -> str:
+        """Run tests/fake_gemini.py in the lab (a transient unit, as root); its URL.
+
+        It answers every request with its default text after delay_s seconds.
+        """
+        self.run(
+            [
+                "systemd-run",
+                "--unit=fake-gemini",
+                "--property=Type=exec",
+                str(REPO / ".venv" / "bin" / "python"),
+                str(REPO / "tests" / "fake_gemini.py"),
+                f"--port={port}",
+                f"--delay={delay_s}",
+            ],
+            check=True,
+        )
+        self.wait_for_journal(
+            "fake-gemini.service", lambda e: "listening" in e.get("MESSAGE", ""), what="start"
+        )
+        return f"http://127.0.0.1:{port}"
 
     def agentctl(
         self, *args: str, user: str | None = None, timeout: float = 30.0

@@ -19,7 +19,9 @@ from tests.conftest import DaemonProcess
 @pytest.fixture
 def quick_daemon(make_daemon: Callable[..., DaemonProcess]) -> Iterator[DaemonProcess]:
     """Short idle and frame timeouts so silent clients are cut within the test."""
-    d = make_daemon({"AGENTD_DAEMON__IDLE_TIMEOUT_S": "0.5", "AGENTD_DAEMON__FRAME_TIMEOUT_S": "0.5"})
+    d = make_daemon(
+        {"AGENTD_DAEMON__IDLE_TIMEOUT_S": "0.5", "AGENTD_DAEMON__FRAME_TIMEOUT_S": "0.5"}
+    )
     yield d.start()
 
 
@@ -106,7 +108,10 @@ def test_silent_client_is_closed_after_the_idle_timeout(quick_daemon: DaemonProc
         (msgpack.packb("status"), "BAD_REQUEST"),
         (b"\xc1", "BAD_REQUEST"),  # a byte msgpack never uses
         (b"\x81\xa1", "BAD_REQUEST"),  # a map cut short
-        (msgpack.packb({"v": 1, "id": 1, "cmd": "status"}) + b"\x00", "BAD_REQUEST"),  # trailing bytes
+        (
+            msgpack.packb({"v": 1, "id": 1, "cmd": "status"}) + b"\x00",
+            "BAD_REQUEST",
+        ),  # trailing bytes
         (b"\x81\xa1v\xa2\xff\xfe", "BAD_REQUEST"),  # invalid UTF-8
         (msgpack.packb({"v": 2, "id": 1, "cmd": "status"}), "UNSUPPORTED_VERSION"),
         (msgpack.packb({"v": 1, "id": True, "cmd": "status"}), "BAD_REQUEST"),
@@ -117,8 +122,22 @@ def test_silent_client_is_closed_after_the_idle_timeout(quick_daemon: DaemonProc
         (b"\x91" * 5000 + b"\xc0", "BAD_REQUEST"),  # nested 5000 deep
         (msgpack.packb({1: "integer key"}), "BAD_REQUEST"),
     ],
-    ids=["array", "string", "reserved-byte", "cut-map", "trailing", "bad-utf8", "version",
-         "bool-id", "int-cmd", "args-array", "unknown-arg", "unknown-cmd", "deep-nesting", "int-key"],
+    ids=[
+        "array",
+        "string",
+        "reserved-byte",
+        "cut-map",
+        "trailing",
+        "bad-utf8",
+        "version",
+        "bool-id",
+        "int-cmd",
+        "args-array",
+        "unknown-arg",
+        "unknown-cmd",
+        "deep-nesting",
+        "int-key",
+    ],
 )
 def test_bad_request_gets_its_code_and_the_connection_goes_on(
     quick_daemon: DaemonProcess, body: bytes, code: str
@@ -170,7 +189,9 @@ def test_five_hundred_clients_at_once_are_all_answered(daemon: DaemonProcess) ->
     assert_still_serving(daemon)
 
 
-def test_connections_over_the_limit_are_refused_busy(make_daemon: Callable[..., DaemonProcess]) -> None:
+def test_connections_over_the_limit_are_refused_busy(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
     d = make_daemon({"AGENTD_DAEMON__MAX_CONNECTIONS": "3"}).start()
     held = [connect(d) for _ in range(3)]
     try:

@@ -20,7 +20,9 @@ def chat_json(d: DaemonProcess, *args: str, input: bytes | None = None) -> tuple
     return result.returncode, json.loads(result.stdout)
 
 
-def test_answer_is_streamed_to_stdout_as_plain_text(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_answer_is_streamed_to_stdout_as_plain_text(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     fake_gemini.push(answer(chunks=("Write-ahead ", "logging ", "keeps readers going.")))
     result = gemini_daemon.agentctl("chat", "Explain WAL mode")
     assert result.returncode == 0, result.stderr
@@ -29,7 +31,9 @@ def test_answer_is_streamed_to_stdout_as_plain_text(gemini_daemon: DaemonProcess
     assert fake_gemini.requests[-1].action == "streamGenerateContent"
 
 
-def test_stdin_and_argument_combine_argument_first(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_stdin_and_argument_combine_argument_first(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     fake_gemini.set_default(echo())
     result = gemini_daemon.agentctl("chat", "summarize", input=b"line one\nline two\n")
     assert result.returncode == 0, result.stderr
@@ -56,7 +60,9 @@ def test_json_reply_has_every_field(gemini_daemon: DaemonProcess, fake_gemini: F
     assert reply["session_id"] == gemini_daemon.call("status")["session_id"]
 
 
-def test_conversation_continues_across_calls_and_restarts(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_conversation_continues_across_calls_and_restarts(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     """1. Two chats: the second carries the first exchange. 2. Restart. 3. A third chat carries both."""
     fake_gemini.set_default(echo())
     gemini_daemon.agentctl("chat", "first")
@@ -66,10 +72,17 @@ def test_conversation_continues_across_calls_and_restarts(gemini_daemon: DaemonP
     assert gemini_daemon.wait_exit() == 0
     gemini_daemon.start()
     gemini_daemon.agentctl("chat", "third")
-    assert fake_gemini.requests[-1].texts[:4] == ["first", "You said: first", "second", "You said: second"]
+    assert fake_gemini.requests[-1].texts[:4] == [
+        "first",
+        "You said: first",
+        "second",
+        "You said: second",
+    ]
 
 
-def test_sessions_new_named_listed_used_and_deleted(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_sessions_new_named_listed_used_and_deleted(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     d = gemini_daemon
     original = d.call("status")["session_id"]
     _, reply = chat_json(d, "--new-session", "ops", "hello ops")
@@ -97,7 +110,10 @@ def test_no_api_key_answers_degraded_with_exit_5_and_is_recorded(daemon: DaemonP
     assert b"GEMINI_API_KEY" in result.stdout
     assert b"degraded" in result.stderr
     messages = daemon.call("history")["messages"]
-    assert [(m["role"], m["status"]) for m in messages] == [("user", "answered"), ("model", "degraded")]
+    assert [(m["role"], m["status"]) for m in messages] == [
+        ("user", "answered"),
+        ("model", "degraded"),
+    ]
 
 
 def test_empty_prompt_is_a_usage_error_and_writes_nothing(gemini_daemon: DaemonProcess) -> None:
@@ -121,7 +137,9 @@ def test_prompt_over_the_limit_is_refused_and_writes_nothing(
     assert fake_gemini.requests == []
 
 
-def test_invalid_utf8_on_stdin_is_refused_before_sending(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_invalid_utf8_on_stdin_is_refused_before_sending(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     result = gemini_daemon.agentctl("chat", "fix", input=b"caf\xe9\n")
     assert result.returncode == 2
     assert b"not valid UTF-8" in result.stderr
@@ -144,8 +162,13 @@ def test_wrong_argument_types_are_bad_requests(gemini_daemon: DaemonProcess) -> 
 def test_small_token_budget_leaves_old_turns_out_and_says_so(
     make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
-    d = make_daemon(gemini_env(fake_gemini, AGENTD_GEMINI__CONTEXT_TOKEN_BUDGET="120",
-                               AGENTD_GEMINI__SYSTEM_PROMPT="be brief")).start()
+    d = make_daemon(
+        gemini_env(
+            fake_gemini,
+            AGENTD_GEMINI__CONTEXT_TOKEN_BUDGET="120",
+            AGENTD_GEMINI__SYSTEM_PROMPT="be brief",
+        )
+    ).start()
     fake_gemini.set_default(echo())
     for n in range(4):
         chat_json(d, f"message number {n} " + "padding " * 20)
@@ -163,11 +186,16 @@ def test_breaker_opens_into_error_and_recovers_by_itself(
     """1. Gemini fails every call: the breaker opens, the agent is ERROR, status exits 1,
     chat answers degraded (exit 5). 2. Gemini comes back: the recovery probe closes the
     breaker and the agent is READY again without any chat."""
-    d = make_daemon(gemini_env(
-        fake_gemini, AGENTD_GEMINI__BREAKER_FAILURE_THRESHOLD="2", AGENTD_GEMINI__BREAKER_COOLDOWN_S="0.3",
-        AGENTD_GEMINI__MAX_ATTEMPTS="2", AGENTD_GEMINI__FALLBACK_MODEL="",
-        AGENTD_DAEMON__RECOVERY_MAX_BACKOFF_S="0.5",
-    )).start()
+    d = make_daemon(
+        gemini_env(
+            fake_gemini,
+            AGENTD_GEMINI__BREAKER_FAILURE_THRESHOLD="2",
+            AGENTD_GEMINI__BREAKER_COOLDOWN_S="0.3",
+            AGENTD_GEMINI__MAX_ATTEMPTS="2",
+            AGENTD_GEMINI__FALLBACK_MODEL="",
+            AGENTD_DAEMON__RECOVERY_MAX_BACKOFF_S="0.5",
+        )
+    ).start()
     fake_gemini.set_default(server_error(503))
     result = d.agentctl("chat", "hello?")
     assert result.returncode == 5
@@ -182,12 +210,25 @@ def test_breaker_opens_into_error_and_recovers_by_itself(
     assert d.agentctl("chat", "hello again").stdout == b"back\n"
 
 
-def test_full_queue_answers_busy_with_exit_4(make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini) -> None:
-    d = make_daemon(gemini_env(fake_gemini, AGENTD_CHAT__MAX_CONCURRENT="1", AGENTD_CHAT__MAX_QUEUE="0",
-                               AGENTD_GEMINI__ATTEMPT_TIMEOUT_S="30")).start()
+def test_full_queue_answers_busy_with_exit_4(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    d = make_daemon(
+        gemini_env(
+            fake_gemini,
+            AGENTD_CHAT__MAX_CONCURRENT="1",
+            AGENTD_CHAT__MAX_QUEUE="0",
+            AGENTD_GEMINI__ATTEMPT_TIMEOUT_S="30",
+        )
+    ).start()
     fake_gemini.set_default(hang())
-    first = subprocess.Popen([sys.executable, "-m", "agentctl", "chat", "slow one"], env=d.env,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "agentctl", "chat", "slow one"],
+        env=d.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         wait_until(lambda: len(fake_gemini.requests) >= 1, 10, "the first chat to reach Gemini")
         assert d.call("status")["state"] == "PROCESSING"
@@ -209,18 +250,27 @@ def test_client_hanging_up_cancels_the_chat_and_marks_it_interrupted(
     wait_until(lambda: len(fake_gemini.requests) >= 1, 10, "the chat to reach Gemini")
     assert gemini_daemon.call("status")["in_flight"] == 1
     sock.close()
-    wait_until(lambda: gemini_daemon.call("status")["in_flight"] == 0, 10, "the chat to be cancelled")
+    wait_until(
+        lambda: gemini_daemon.call("status")["in_flight"] == 0, 10, "the chat to be cancelled"
+    )
     assert gemini_daemon.call("status")["state"] == "READY"
     statuses = [m["status"] for m in gemini_daemon.call("history")["messages"]]
     assert statuses == ["interrupted"]
 
 
-def test_sigterm_lets_an_in_flight_chat_finish(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_sigterm_lets_an_in_flight_chat_finish(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     """1. A chat is in flight (the fake answers after a delay). 2. SIGTERM. 3. New work is
     refused with SHUTTING_DOWN. 4. The chat still gets its answer. 5. Exit 0."""
     fake_gemini.set_default(answer("worth the wait", delay_s=1.5))
-    chat = subprocess.Popen([sys.executable, "-m", "agentctl", "chat", "--json", "slow"], env=gemini_daemon.env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "agentctl", "chat", "--json", "slow"],
+        env=gemini_daemon.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     wait_until(lambda: len(fake_gemini.requests) >= 1, 10, "the chat to reach Gemini")
     gemini_daemon.signal(signal.SIGTERM)
     wait_until(lambda: gemini_daemon.call("status")["state"] == "STOPPING", 5, "STOPPING")

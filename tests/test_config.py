@@ -26,8 +26,15 @@ def test_defaults_need_no_file_and_no_environment() -> None:
 
 
 def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
-    file = write(tmp_path / "a.toml", '[daemon]\nshutdown_grace_s = 7\nidle_timeout_s = 9\n[log]\nlevel = "WARNING"\n')
-    environ = {"AGENTD_ENV": "production", "AGENTD_CONFIG": str(file), "AGENTD_DAEMON__IDLE_TIMEOUT_S": "11"}
+    file = write(
+        tmp_path / "a.toml",
+        '[daemon]\nshutdown_grace_s = 7\nidle_timeout_s = 9\n[log]\nlevel = "WARNING"\n',
+    )
+    environ = {
+        "AGENTD_ENV": "production",
+        "AGENTD_CONFIG": str(file),
+        "AGENTD_DAEMON__IDLE_TIMEOUT_S": "11",
+    }
     config = load_config(environ, flags={"log.level": "ERROR"})
     assert config.profile == "production"
     assert config.daemon.shutdown_grace_s == 7.0
@@ -39,7 +46,13 @@ def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
 
 
 def test_documented_environment_names_map_to_keys() -> None:
-    config = load_config({"AGENTD_SOCKET": "/x.sock", "AGENTD_GEMINI_MODEL": "m", "AGENTD_GEMINI_BASE_URL": "http://h"})
+    config = load_config(
+        {
+            "AGENTD_SOCKET": "/x.sock",
+            "AGENTD_GEMINI_MODEL": "m",
+            "AGENTD_GEMINI_BASE_URL": "http://h",
+        }
+    )
     assert config.daemon.socket_path == "/x.sock"
     assert config.gemini.model == "m"
     assert config.gemini.base_url == "http://h"
@@ -64,7 +77,7 @@ def test_wrong_type_names_the_key_and_what_it_wanted(tmp_path: Path) -> None:
 
 
 def test_bad_environment_value_names_its_origin() -> None:
-    with pytest.raises(ConfigError, match="environment: daemon.max_frame_bytes"):
+    with pytest.raises(ConfigError, match=r"environment: daemon\.max_frame_bytes"):
         load_config({"AGENTD_DAEMON__MAX_FRAME_BYTES": "big"})
 
 
@@ -95,8 +108,13 @@ def test_check_config_prints_values_and_sources_and_exits_0(tmp_path: Path) -> N
     env = clean_environ(tmp_path)
     env["GEMINI_API_KEY"] = "AIza-secret-marker-123"
     env["AGENTD_DAEMON__SHUTDOWN_GRACE_S"] = "3"
-    result = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=env,
-                            capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd", "--check-config"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     assert "shutdown_grace_s = 3.0  # environment" in out
@@ -107,7 +125,12 @@ def test_check_config_prints_values_and_sources_and_exits_0(tmp_path: Path) -> N
 def test_check_config_with_a_bad_file_exits_78(tmp_path: Path) -> None:
     env = clean_environ(tmp_path)
     write(Path(env["AGENTD_CONFIG"]), "[daemon]\nnope = 1\n")
-    result = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=env,
-                            capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd", "--check-config"],
+        env=env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 78
     assert "daemon.nope" in result.stderr.decode()

@@ -15,7 +15,9 @@ from agentd.protocol import default_socket_path
 from tests.conftest import DaemonProcess, clean_environ, run_agentctl, wait_until
 
 
-def test_start_status_stop_round_trip_through_agentctl(make_daemon: Callable[..., DaemonProcess]) -> None:
+def test_start_status_stop_round_trip_through_agentctl(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
     """1. status before start exits 3 naming the socket. 2. start launches and reports.
     3. status exits 0 with the fields. 4. stop waits until gone. 5. status exits 3 again."""
     d = make_daemon()
@@ -68,7 +70,9 @@ def test_sigterm_exits_zero_and_removes_the_socket(daemon: DaemonProcess) -> Non
     assert "STOPPED" in daemon.stderr()
 
 
-def test_restart_restores_session_and_lifetime_counters(make_daemon: Callable[..., DaemonProcess]) -> None:
+def test_restart_restores_session_and_lifetime_counters(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
     d = make_daemon().start()
     first = d.call("status")
     d.signal(signal.SIGTERM)
@@ -81,15 +85,21 @@ def test_restart_restores_session_and_lifetime_counters(make_daemon: Callable[..
     assert second["lifetime"]["requests_total"] > first["lifetime"]["requests_total"]
 
 
-def test_second_daemon_refuses_to_steal_a_live_socket(daemon: DaemonProcess, short_tmp: Path) -> None:
+def test_second_daemon_refuses_to_steal_a_live_socket(
+    daemon: DaemonProcess, short_tmp: Path
+) -> None:
     env = {**daemon.env, "AGENTD_STATE_DIR": str(short_tmp / "other-state")}
-    second = subprocess.run([sys.executable, "-m", "agentd"], env=env, capture_output=True, timeout=30, check=False)
+    second = subprocess.run(
+        [sys.executable, "-m", "agentd"], env=env, capture_output=True, timeout=30, check=False
+    )
     assert second.returncode == 1
     assert "already running" in second.stderr.decode()
     assert daemon.call("ping")["pong"] is True
 
 
-def test_stale_socket_of_a_killed_daemon_is_replaced(make_daemon: Callable[..., DaemonProcess]) -> None:
+def test_stale_socket_of_a_killed_daemon_is_replaced(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
     d = make_daemon().start()
     d.kill()
     assert os.path.exists(d.socket)  # SIGKILL leaves the file behind
@@ -103,14 +113,18 @@ def test_socket_is_private_to_its_owner(daemon: DaemonProcess) -> None:
     assert os.stat(daemon.state_dir / "db.key").st_mode & 0o777 == 0o600
 
 
-def test_wrong_db_key_exits_78_with_one_clean_line(make_daemon: Callable[..., DaemonProcess], short_tmp: Path) -> None:
+def test_wrong_db_key_exits_78_with_one_clean_line(
+    make_daemon: Callable[..., DaemonProcess], short_tmp: Path
+) -> None:
     d = make_daemon().start()
     d.signal(signal.SIGTERM)
     d.wait_exit()
     wrong = short_tmp / "wrong.key"
     wrong.write_text("ab" * 32 + "\n")
     env = {**d.env, "AGENTD_DB_KEY_FILE": str(wrong)}
-    result = subprocess.run([sys.executable, "-m", "agentd"], env=env, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd"], env=env, capture_output=True, timeout=30, check=False
+    )
     assert result.returncode == 78
     lines = result.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
@@ -118,18 +132,24 @@ def test_wrong_db_key_exits_78_with_one_clean_line(make_daemon: Callable[..., Da
     assert "ab" * 32 not in lines[0]
 
 
-def test_malformed_db_key_file_exits_78(make_daemon: Callable[..., DaemonProcess], short_tmp: Path) -> None:
+def test_malformed_db_key_file_exits_78(
+    make_daemon: Callable[..., DaemonProcess], short_tmp: Path
+) -> None:
     bad = short_tmp / "bad.key"
     bad.write_text("not-hex")
     d = make_daemon({"AGENTD_DB_KEY_FILE": str(bad)})
-    result = subprocess.run([sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False
+    )
     assert result.returncode == 78
     assert "64 hex characters" in result.stderr.decode()
 
 
 def test_production_profile_requires_a_db_key(make_daemon: Callable[..., DaemonProcess]) -> None:
     d = make_daemon({"AGENTD_ENV": "production"})
-    result = subprocess.run([sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False
+    )
     assert result.returncode == 78
     assert "db-key" in result.stderr.decode()
     assert not (d.state_dir / "agentd.db").exists()
@@ -159,7 +179,9 @@ def test_plaintext_database_in_place_is_refused(make_daemon: Callable[..., Daemo
     conn.execute("CREATE TABLE t (x)")
     conn.commit()
     conn.close()
-    result = subprocess.run([sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "agentd"], env=d.env, capture_output=True, timeout=30, check=False
+    )
     assert result.returncode == 78
     assert "plaintext" in result.stderr.decode()
 

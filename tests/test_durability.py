@@ -22,7 +22,9 @@ def files_containing(marker: str, *roots: Path) -> list[Path]:
     return [p for p in files_under(*roots) if any(n in p.read_bytes() for n in needles)]
 
 
-def test_kill_9_under_load_loses_no_acknowledged_chat(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_kill_9_under_load_loses_no_acknowledged_chat(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     """1. Eight clients chat in a loop; each records the replies it saw. 2. kill -9 mid-load.
     3. Restart. 4. Every acknowledged exchange is in history, prompt and answer intact;
     chats cut off show as interrupted, none is left pending."""
@@ -69,7 +71,9 @@ def test_kill_9_under_load_loses_no_acknowledged_chat(gemini_daemon: DaemonProce
     assert not [m for m in messages if m["status"] == "pending"]
 
 
-def test_no_prompt_or_answer_text_anywhere_on_disk(gemini_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+def test_no_prompt_or_answer_text_anywhere_on_disk(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
+) -> None:
     fake_gemini.set_default(echo())
     result = gemini_daemon.agentctl("chat", "--new-session", f"name-{MARKER}", f"remember {MARKER}")
     assert result.returncode == 0, result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -40,6 +41,8 @@ from tests.fake_gemini import (
 )
 
 KEY = "test-key-not-secret"
+# Built once: every SDK client would otherwise load the CA store again (~100 ms).
+TLS = ssl.create_default_context()
 MODEL = "gemini-flash-latest"
 
 
@@ -51,7 +54,7 @@ def settings_for(fake: FakeGemini, **overrides: Any) -> ProviderSettings:
 @asynccontextmanager
 async def gemini(settings: ProviderSettings, api_key: str | None = KEY
                  ) -> AsyncIterator[GeminiProvider]:
-    provider = GeminiProvider(settings, api_key)
+    provider = GeminiProvider(settings, api_key, tls=TLS)
     try:
         yield provider
     finally:

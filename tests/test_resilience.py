@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +47,8 @@ from tests.fake_gemini import (
 )
 
 PRIMARY = "gemini-flash-latest"
+# Built once: every SDK client would otherwise load the CA store again (~100 ms).
+TLS = ssl.create_default_context()
 FALLBACK = "gemini-flash-lite-latest"
 KEY = "test-key-not-secret"
 
@@ -89,7 +92,7 @@ class Harness:
         self.seed = seed
         self.transitions: list[tuple[BreakerState, BreakerState]] = []
         self.provider = ResilientProvider(
-            GeminiProvider(self.settings, api_key), self.settings,
+            GeminiProvider(self.settings, api_key, tls=TLS), self.settings,
             clock=self.clock, sleep=self.sleep, rng=random.Random(seed),
             on_breaker_change=lambda old, new: self.transitions.append((old, new)),
         )
@@ -480,7 +483,7 @@ def test_a_degraded_stream_sends_its_text_through_on_chunk(fake_gemini: FakeGemi
 
 def test_a_slow_but_steady_stream_is_not_timed_out(fake_gemini: FakeGemini) -> None:
     """The attempt timeout of a stream is per silence, not for the whole answer."""
-    fake_gemini.push(answer(chunks=("a", "b", "c", "d"), delay_s=0.15))
+    fake_gemini.push(answer(chunks=("a", "b", "c", "d"), chunk_delay_s=0.2))
     pieces: list[str] = []
 
     async def scenario(h: Harness) -> Answer:

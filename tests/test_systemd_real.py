@@ -2,9 +2,8 @@
 
 Each test boots its own lab and installs agentd with systemd/install.sh, so the
 units, sysusers/tmpfiles entries, credentials and hardening are the shipped ones.
-The lab has no network and the daemon no Gemini key: chat is not exercised here.
-Still to write once tests/fake_gemini.py exists: an in-flight chat that
-`systemctl stop` lets finish (drain) before the exit 0.
+The lab has no network: the daemon has no Gemini key, except in the drain test,
+where tests/fake_gemini.py answers inside the lab.
 """
 
 from __future__ import annotations
@@ -216,6 +215,30 @@ def test_stop_exits_zero_and_the_socket_starts_it_again(agentd_lab: SystemdLab) 
     code, out = status(lab)
     assert code == 0, out
     assert main_pid(lab) not in (0, first)
+
+
+def test_stop_lets_an_in_flight_chat_finish_first(agentd_lab: SystemdLab) -> None:
+    """1. A fake Gemini in the lab answers after 2 s; the daemon has a key for it.
+    2. `agentctl chat` is in flight (StatusText PROCESSING) when `systemctl stop` comes.
+    3. The chat gets its answer, then the daemon exits 0.
+    """
+    lab = agentd_lab
+    url = lab.start_fake_gemini(delay_s=2.0)
+    lab.write_dropin(SERVICE, f"[Service]\nEnvironment=AGENTD_GEMINI_BASE_URL={url}\n")
+    lab.write_file("/etc/agentd/gemini-api-key", "test-key-not-real\n", mode=0o600)
+    start(lab)
+    chat = lab.popen(["/usr/local/bin/agentctl", "--socket", SOCKET, "chat", "hello"])
+    lab.wait_for(
+        lambda: lab.show(SERVICE, "StatusText").startswith("PROCESSING"), 10, what="PROCESSING"
+    )
+
+    stopped = lab.systemctl("stop", SERVICE)
+    out, err = chat.communicate(timeout=30)
+
+    assert (chat.returncode, out) == (0, "This is a fake Gemini answer.\n"), err
+    assert stopped.returncode == 0
+    props = {p: lab.show(SERVICE, p) for p in ("Result", "ExecMainStatus")}
+    assert props == {"Result": "success", "ExecMainStatus": "0"}
 
 
 def test_status_exits_3_when_the_service_and_socket_are_stopped(agentd_lab: SystemdLab) -> None:

@@ -17,7 +17,10 @@ MAX_NAME = 100
 
 
 @command(
-    "chat", role=Role.CHAT, cost="chat", long_running=True,
+    "chat",
+    role=Role.CHAT,
+    cost="chat",
+    long_running=True,
     args=("message", "session", "new_session", "session_name", "system_prompt", "stream"),
 )
 async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
@@ -29,7 +32,9 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     async def send_chunk(text: str) -> None:
         await call.emit("chunk", {"text": text})
 
-    reply = await runtime.chat.chat(session, call.request_id, message, send_chunk if stream else None)
+    reply = await runtime.chat.chat(
+        session, call.request_id, message, send_chunk if stream else None
+    )
     return reply.as_dict()
 
 
@@ -77,7 +82,9 @@ async def list_sessions(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("session_new", role=Role.CHAT, args=("name", "system_prompt"))
 async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _new_session(
-        runtime, optional_or_none(call.args, "name", str), optional_or_none(call.args, "system_prompt", str)
+        runtime,
+        optional_or_none(call.args, "name", str),
+        optional_or_none(call.args, "system_prompt", str),
     )
     return {"session": session.as_dict()}
 

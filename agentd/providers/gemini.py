@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -50,9 +51,13 @@ NO_KEY_MESSAGE = (
 class GeminiProvider(Provider):
     """One Gemini call per generate(); construct, then `warm_up()` or just use."""
 
-    def __init__(self, settings: ProviderSettings, api_key: str | None) -> None:
+    def __init__(self, settings: ProviderSettings, api_key: str | None, *,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """`tls`: the TLS context for HTTPS (e.g. a private CA behind a proxy);
+        None builds the SDK's default one, which costs ~100 ms of CA loading."""
         self._settings = settings
         self._api_key = api_key or None
+        self._tls = tls
         self._client: genai.Client | None = None
         self._client_lock = asyncio.Lock()
 
@@ -126,11 +131,12 @@ class GeminiProvider(Provider):
             async with self._client_lock:
                 if self._client is None:
                     self._client = await asyncio.to_thread(_build_client, self._settings,
-                                                           self._api_key)
+                                                           self._api_key, self._tls)
         return self._client
 
 
-def _build_client(settings: ProviderSettings, api_key: str) -> genai.Client:
+def _build_client(settings: ProviderSettings, api_key: str,
+                  tls: ssl.SSLContext | None) -> genai.Client:
     """Import the SDK and build its client; runs on a worker thread (slow import)."""
     started = time.monotonic()
     from google import genai
@@ -143,6 +149,9 @@ def _build_client(settings: ProviderSettings, api_key: str) -> genai.Client:
         # attempts=1 rather than None: None also keeps the SDK's implicit
         # one-off retry on aiohttp connection errors, should aiohttp appear.
         retry_options=types.HttpRetryOptions(attempts=1),
+        # httpx2 takes the context as `verify`; `ssl` is the SDK's websocket one.
+        client_args={"verify": tls} if tls else None,
+        async_client_args={"verify": tls, "ssl": tls} if tls else None,
     )
     client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
     logger.info(

@@ -387,6 +387,8 @@ class ResilientProvider(Provider):
             self._count_error(problem)
             self._note_health(problem)
             return self._degraded(call, call.request.model or "", problem)
+        # One-off set-up (the SDK import, ~1 s) must not eat the first attempt's timeout.
+        await self._inner.warm_up()
         models = self._models()
         error: ProviderError | None = None
         for index, model in enumerate(models):

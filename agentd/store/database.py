@@ -110,7 +110,9 @@ class Database:
             raise WrongKeyError(f"the database key does not open {self.path}") from None
         cipher = conn.execute("PRAGMA cipher_version").fetchone()
         if not cipher or not cipher[0]:
-            raise ConfigError("sqlcipher3 is not linked against SQLCipher: refusing a plaintext store")
+            raise ConfigError(
+                "sqlcipher3 is not linked against SQLCipher: refusing a plaintext store"
+            )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
@@ -135,7 +137,9 @@ def refuse_plaintext(path: Path) -> None:
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
     if header == SQLITE_PLAINTEXT_HEADER:
-        raise ConfigError(f"{path} is a plaintext SQLite database; agentd only opens encrypted ones")
+        raise ConfigError(
+            f"{path} is a plaintext SQLite database; agentd only opens encrypted ones"
+        )
 
 
 @contextlib.contextmanager

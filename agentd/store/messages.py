@@ -33,9 +33,15 @@ class StoredTurn:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "id": self.id, "request_id": self.request_id, "role": self.role, "content": self.content,
-            "status": self.status, "model": self.model, "tokens_in": self.tokens_in,
-            "tokens_out": self.tokens_out, "created_at": self.created_at,
+            "id": self.id,
+            "request_id": self.request_id,
+            "role": self.role,
+            "content": self.content,
+            "status": self.status,
+            "model": self.model,
+            "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out,
+            "created_at": self.created_at,
         }
 
 
@@ -69,12 +75,21 @@ def record_model_turn(
         conn.execute(
             "INSERT INTO messages (session_id, request_id, role, content, status, model, tokens_in, "
             "tokens_out, created_at) VALUES (?, ?, 'model', ?, ?, ?, ?, ?, ?)",
-            (session_id, request_id, turn.content, turn.status, turn.model, turn.tokens_in,
-             turn.tokens_out, now),
+            (
+                session_id,
+                request_id,
+                turn.content,
+                turn.status,
+                turn.model,
+                turn.tokens_in,
+                turn.tokens_out,
+                now,
+            ),
         )
         conn.execute("UPDATE messages SET status = ? WHERE id = ?", (ANSWERED, user_turn_id))
         conn.execute(
-            "UPDATE sessions SET turns = turns + 1, last_used_at = ? WHERE id = ?", (now, session_id)
+            "UPDATE sessions SET turns = turns + 1, last_used_at = ? WHERE id = ?",
+            (now, session_id),
         )
 
 
@@ -89,7 +104,9 @@ def mark_interrupted(conn: Connection, user_turn_id: int) -> None:
 def interrupt_pending(conn: Connection) -> int:
     """At start-up: turns left pending by a crash were interrupted."""
     with transaction(conn):
-        cursor = conn.execute("UPDATE messages SET status = ? WHERE status = ?", (INTERRUPTED, PENDING))
+        cursor = conn.execute(
+            "UPDATE messages SET status = ? WHERE status = ?", (INTERRUPTED, PENDING)
+        )
     return int(cursor.rowcount)
 
 

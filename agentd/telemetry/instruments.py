@@ -29,8 +29,10 @@ from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 from agentd.lifecycle import LifecycleStatistics, State
 from agentd.limits import AdmissionStatistics
 from agentd.protocol import ErrorCode
-from agentd.providers.resilience import BreakerState, ProviderStatistics
-from agentd.telemetry.loop_lag import LoopLagMonitor
+from agentd.providers.errors import ProviderError
+from agentd.providers.resilience import BreakerState, KeyCheck, ProviderStatistics
+from agentd.store import state
+from agentd.telemetry.loop_lag import LoopLagMonitor, LoopLagStatistics
 from agentd.telemetry.metrics import (
     Clock,
     Counter,
@@ -63,16 +65,34 @@ class Readings:
     audit: AuditStatistics | None = None
 
 
-class _Statistics(Protocol):
-    def statistics(self) -> Any: ...
+class ProviderView(Protocol):
+    """What telemetry needs of the provider (a resilience.ResilientProvider)."""
+
+    def statistics(self) -> ProviderStatistics: ...
+
+    def configuration_problem(self) -> ProviderError | None: ...
+
+    async def check_key(self) -> KeyCheck: ...
+
+
+class _QueueView(Protocol):
+    def statistics(self) -> AdmissionStatistics: ...
+
+
+def provider_of(runtime: Runtime) -> ProviderView | None:
+    # runtime.provider comes with the chat pipeline; until it is wired the
+    # provider's figures and checks are absent rather than wrong.
+    return cast(ProviderView | None, getattr(runtime, "provider", None))
+
+
+def _queue_of(runtime: Runtime) -> _QueueView | None:
+    return cast(_QueueView | None, getattr(getattr(runtime, "chat", None), "queue", None))
 
 
 def readings_of(runtime: Runtime) -> Readings:
     """What `refresh()` needs, from the running daemon."""
-    # The provider and the chat pipeline's queue come with the chat pipeline;
-    # until they are wired the figures read as absent.
-    provider = cast(_Statistics | None, getattr(runtime, "provider", None))
-    queue = cast(_Statistics | None, getattr(getattr(runtime, "chat", None), "queue", None))
+    provider = provider_of(runtime)
+    queue = _queue_of(runtime)
     return Readings(
         lifecycle=runtime.lifecycle.statistics(),
         provider=provider.statistics() if provider is not None else None,
@@ -275,9 +295,13 @@ class Instruments:
             "store_size_bytes": int(self.store_size.value()),
             "rss_bytes": int(self.rss.value()),
             "event_loop_lag_s": self._lag_summary(),
-            "audit": {"rows": int(self.audit_rows.value()), "dropped": int(self.audit_dropped.value()),
+            "audit": {"rows": int(self.audit_rows.value()),
+                      "dropped": int(self.audit_dropped.value()),
                       "queued": int(self.audit_queued.value())},
         }
+
+    def loop_lag_statistics(self) -> LoopLagStatistics:
+        return self._loop_lag.statistics()
 
     def chat_p95_s(self) -> float | None:
         return self.chat_latency.state().p95
@@ -303,7 +327,8 @@ class Instruments:
 
     def _lifecycle_summary(self) -> dict[str, Any]:
         states = [labels["state"] for labels, value in self.lifecycle_state.samples() if value]
-        transitions = {labels["transition"]: int(value) for labels, value in self.transitions.samples()}
+        transitions = {labels["transition"]: int(value)
+                       for labels, value in self.transitions.samples()}
         return {"state": states[0] if states else None, "transitions": transitions}
 
     def _lag_summary(self) -> dict[str, float]:
@@ -320,3 +345,11 @@ def latency_summary(state: HistogramState) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+async def save_counters(runtime: Runtime) -> None:
+    """Persist every lifetime counter (a real write: the health check's too)."""
+    runtime.metrics.refresh(readings_of(runtime))
+    values = {"lifetime": dict(runtime.lifetime),
+              "metrics_lifetime": runtime.metrics.export_lifetime()}
+    await runtime.db.run(state.put_values, values)

@@ -28,8 +28,12 @@ from typing import Any, Final
 
 from pythonjsonlogger.json import JsonFormatter
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("session_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
+session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "session_id", default=None
+)
 peer_uid_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("peer_uid", default=None)
 
 CONTEXT_FIELDS: Final = ("request_id", "session_id", "peer_uid")
@@ -54,7 +58,9 @@ class ContextFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
-    return JsonFormatter(FORMAT, rename_fields=RENAMES, timestamp=False, datefmt="%Y-%m-%dT%H:%M:%S%z")
+    return JsonFormatter(
+        FORMAT, rename_fields=RENAMES, timestamp=False, datefmt="%Y-%m-%dT%H:%M:%S%z"
+    )
 
 
 @dataclass(frozen=True)
@@ -81,7 +87,10 @@ class LogRing(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             entry = LogEntry(
-                record.created, record.levelno, getattr(record, "request_id", None), self.format(record)
+                record.created,
+                record.levelno,
+                getattr(record, "request_id", None),
+                self.format(record),
             )
         except Exception:  # logging must never raise into the caller
             self.handleError(record)
@@ -153,7 +162,9 @@ def setup_logging(level: str, ring_size: int, *, journal: bool) -> LogSinks:
 
 
 def add_log_file(sinks: LogSinks, path: Path, max_bytes: int, backups: int) -> None:
-    handler = PrivateRotatingFileHandler(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+    handler = PrivateRotatingFileHandler(
+        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
     handler.setFormatter(json_formatter())
     handler.addFilter(ContextFilter())
     logging.getLogger().addHandler(handler)
@@ -183,7 +194,9 @@ def select(
             yield entry
 
 
-def matches(entry: LogEntry, *, min_level: int, since: float | None, request_id: str | None) -> bool:
+def matches(
+    entry: LogEntry, *, min_level: int, since: float | None, request_id: str | None
+) -> bool:
     return (
         entry.levelno >= min_level
         and (since is None or entry.created >= since)

@@ -16,7 +16,9 @@ from typing import Final
 MIB: Final = 1024 * 1024
 
 # "model=input/output", prices in USD per million tokens; e.g. "gemini-2.5-flash=0.30/2.50".
-_PRICE: Final = re.compile(r"\s*(?P<model>[^=\s]+)\s*=\s*(?P<input>[0-9.]+)\s*/\s*(?P<output>[0-9.]+)\s*\Z")
+_PRICE: Final = re.compile(
+    r"\s*(?P<model>[^=\s]+)\s*=\s*(?P<input>[0-9.]+)\s*/\s*(?P<output>[0-9.]+)\s*\Z"
+)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,8 @@ class PricingSettings:
     def problems(self) -> list[tuple[str, str]]:
         bad = [entry for entry in self.models if parse_price(entry) is None]
         if bad:
-            return [("models", f"entry {bad[0]!r} is not \"model=input/output\" (USD per 1M tokens)")]
+            return [("models", f"entry {bad[0]!r} is not 'model=input/output' "
+                               "(USD per million tokens)")]
         return []
 
 

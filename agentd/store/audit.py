@@ -1,0 +1,394 @@
+"""The audit trail: one hash-chained row per request, in the encrypted store.
+
+Table (migration 0002_audit; STRICT, so every value keeps exactly the type
+audit_chain hashed - an INTEGER column never hands back a float or a string)::
+
+    audit  seq INTEGER PRIMARY KEY, ts TEXT, request_id TEXT, peer_uid INTEGER,
+           peer_pid INTEGER, command TEXT, session_id TEXT NULL, outcome TEXT,
+           error_code TEXT NULL, latency_ms INTEGER, model TEXT NULL,
+           tokens_in INTEGER, tokens_out INTEGER, prev_hash TEXT, hash TEXT
+    state  'audit_anchor' -> {"seq": n, "hash": "..."}
+
+Three ways in, one chain::
+
+    writer.record_nowait(event) / await writer.record(event)
+        cheap commands: queued, then sealed and committed in batches by one
+        task (group commit: one fsync for many rows)
+    await writer.record_now(event)
+        committed before it returns (a chat's row, before the reply leaves)
+    append(conn, events)
+        inside a caller's own transaction, on the store thread
+
+Rows are sealed only on the store thread, inside the transaction that
+inserts them, from the head read in that same transaction: whichever path
+wrote last, or rolled back, the next row follows the committed head.
+
+The anchor (audit_chain.Anchor) in the state table follows the head, but
+only while the chain still passes through the previous anchor: if rows were
+deleted or rewritten while agentd was stopped, the anchor stays where it
+was, so `verify` keeps reporting the break after new rows are appended.
+
+Queue overflow: while the store works, a full queue makes the request wait
+(backpressure, at most `max_wait_s`): the disk sets the pace, nothing is
+lost. When the store fails, rows pile up until the queue is full; from then
+on rows are dropped, counted (`dropped`) and logged (throttled), because the
+daemon must keep answering status and health while its store is broken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agentd.audit_chain import (
+    GENESIS,
+    Anchor,
+    VerifyResult,
+    format_ts,
+    seal,
+    verify_chain,
+)
+from agentd.errors import StoreError
+from agentd.limits import Throttle
+from agentd.store import state
+from agentd.store.database import Connection, Database, transaction
+
+logger = logging.getLogger(__name__)
+
+COLUMNS: Final = (
+    "seq", "ts", "request_id", "peer_uid", "peer_pid", "command", "session_id", "outcome",
+    "error_code", "latency_ms", "model", "tokens_in", "tokens_out", "prev_hash", "hash",
+)
+ANCHOR_KEY: Final = "audit_anchor"
+MAX_COMMAND_CHARS: Final = 64  # an unknown command is recorded, but not a megabyte of it
+_INSERT: Final = (
+    f"INSERT INTO audit ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
+_SELECT: Final = f"SELECT {', '.join(COLUMNS)} FROM audit"
+
+
+def m0002_audit(conn: Connection) -> None:
+    conn.execute(
+        """CREATE TABLE audit (
+            seq         INTEGER PRIMARY KEY,
+            ts          TEXT NOT NULL,
+            request_id  TEXT NOT NULL,
+            peer_uid    INTEGER NOT NULL,
+            peer_pid    INTEGER NOT NULL,
+            command     TEXT NOT NULL,
+            session_id  TEXT,
+            outcome     TEXT NOT NULL,
+            error_code  TEXT,
+            latency_ms  INTEGER NOT NULL,
+            model       TEXT,
+            tokens_in   INTEGER NOT NULL,
+            tokens_out  INTEGER NOT NULL,
+            prev_hash   TEXT NOT NULL,
+            hash        TEXT NOT NULL
+        ) STRICT"""
+    )
+    conn.execute("CREATE INDEX audit_by_request ON audit (request_id)")
+    conn.execute("CREATE INDEX audit_by_session ON audit (session_id, seq)")
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One request, as the request path knows it; becomes a row when sealed."""
+
+    at: float  # wall-clock time the request arrived (epoch seconds)
+    request_id: str
+    peer_uid: int
+    peer_pid: int
+    command: str
+    session_id: str | None
+    error_code: str | None  # None: the request succeeded
+    latency_s: float
+    model: str | None = None
+    tokens_in: int = 0
+    tokens_out: int = 0
+
+    def fields(self) -> dict[str, Any]:
+        """The content fields audit_chain.seal() takes (all but seq and the hashes)."""
+        return {
+            "ts": format_ts(self.at),
+            "request_id": self.request_id,
+            "peer_uid": self.peer_uid,
+            "peer_pid": self.peer_pid,
+            "command": self.command[:MAX_COMMAND_CHARS],
+            "session_id": self.session_id,
+            "outcome": "ok" if self.error_code is None else "error",
+            "error_code": self.error_code,
+            "latency_ms": max(0, round(self.latency_s * 1000)),
+            "model": self.model,
+            "tokens_in": max(0, self.tokens_in),
+            "tokens_out": max(0, self.tokens_out),
+        }
+
+
+# -- on the store thread ----------------------------------------------------------
+
+
+def current_head(conn: Connection) -> Anchor:
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return GENESIS if row is None else Anchor(seq=row[0], hash=row[1])
+
+
+def append_rows(conn: Connection, events: Sequence[AuditEvent], head: Anchor) -> Anchor:
+    """Seal `events` after `head` and insert them; returns the new head.
+
+    Runs inside the caller's transaction; `head` must be the committed head
+    read in that same transaction (see `append`).
+    """
+    sealed = []
+    for event in events:
+        row = seal(head, event.fields())
+        head = Anchor.of(row)
+        sealed.append(tuple(row[column] for column in COLUMNS))
+    conn.executemany(_INSERT, sealed)
+    return head
+
+
+def append(conn: Connection, events: Sequence[AuditEvent]) -> Anchor:
+    """Append inside an open transaction: read the head, seal, insert, move the anchor."""
+    head = append_rows(conn, events, current_head(conn))
+    anchor = stored_anchor(conn)
+    if anchor is None or anchor_holds(conn, anchor):
+        _put_anchor(conn, head)
+    return head
+
+
+def commit_rows(conn: Connection, events: Sequence[AuditEvent]) -> Anchor:
+    """Append in a transaction of its own."""
+    with transaction(conn):
+        return append(conn, events)
+
+
+def stored_anchor(conn: Connection) -> Anchor | None:
+    value = state.get_value(conn, ANCHOR_KEY)
+    if not isinstance(value, dict):
+        return None
+    return Anchor(seq=int(value["seq"]), hash=str(value["hash"]))
+
+
+def anchor_holds(conn: Connection, anchor: Anchor) -> bool:
+    """Does the chain still pass through `anchor`? (One primary-key lookup.)"""
+    if anchor.seq == 0:
+        return True
+    row = conn.execute("SELECT hash FROM audit WHERE seq = ?", (anchor.seq,)).fetchone()
+    return row is not None and row[0] == anchor.hash
+
+
+def _put_anchor(conn: Connection, head: Anchor) -> None:
+    # Inside the caller's transaction: state.put_values would open a second one.
+    value = json.dumps({"hash": head.hash, "seq": head.seq}, sort_keys=True)
+    conn.execute(
+        "INSERT INTO state (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (ANCHOR_KEY, value),
+    )
+
+
+@dataclass(frozen=True)
+class AuditQuery:
+    """Filters for `recent`; None means any."""
+
+    command: str | None = None
+    outcome: str | None = None  # "ok" | "error"
+    session_id: str | None = None
+    request_id: str | None = None
+    since: float | None = None  # epoch seconds
+    limit: int = 50
+
+
+def recent(conn: Connection, query: AuditQuery) -> list[dict[str, Any]]:
+    """Matching rows, newest first."""
+    clauses, params = _where(query)
+    sql = f"{_SELECT}{clauses} ORDER BY seq DESC LIMIT ?"
+    rows = conn.execute(sql, (*params, query.limit)).fetchall()
+    return [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+
+
+def _where(query: AuditQuery) -> tuple[str, list[Any]]:
+    filters: list[tuple[str, Any]] = [
+        ("command = ?", query.command),
+        ("outcome = ?", query.outcome),
+        ("session_id = ?", query.session_id),
+        ("request_id = ?", query.request_id),
+        # ts is fixed-width ISO 8601 UTC, so text order is time order.
+        ("ts >= ?", None if query.since is None else format_ts(query.since)),
+    ]
+    used = [(sql, value) for sql, value in filters if value is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(sql for sql, _ in used), [value for _, value in used]
+
+
+def verify(conn: Connection) -> tuple[VerifyResult, Anchor | None]:
+    """Check the whole chain, through the stored anchor; streams the rows."""
+    anchor = stored_anchor(conn)
+    return verify_chain(_all_rows(conn), anchor=anchor), anchor
+
+
+def _all_rows(conn: Connection) -> Iterator[dict[str, Any]]:
+    for row in conn.execute(f"{_SELECT} ORDER BY seq"):
+        yield dict(zip(COLUMNS, row, strict=True))
+
+
+def check_on_open(conn: Connection) -> tuple[Anchor, Anchor | None, bool]:
+    """(head, stored anchor, whether the chain still passes through the anchor)."""
+    anchor = stored_anchor(conn)
+    return current_head(conn), anchor, anchor is None or anchor_holds(conn, anchor)
+
+
+# -- on the event loop ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditStatistics:
+    committed: int  # rows committed by this process
+    dropped: int  # rows lost: the store failed and the queue was full
+    queued: int  # rows waiting for the writer
+    batches: int  # group commits
+    failing: bool  # the latest commit failed; the writer is retrying
+    head_seq: int  # the latest committed seq this process knows of
+
+
+class AuditWriter:
+    """Group commit for audit rows: a bounded queue drained by one task."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_queue: int = 20_000,
+        max_batch: int = 1000,
+        max_wait_s: float = 1.0,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(max_queue)
+        self._max_batch = max_batch
+        self._max_wait_s = max_wait_s
+        self._retry_max_s = retry_max_s
+        self._task: asyncio.Task[None] | None = None
+        self._committed = 0
+        self._dropped = 0
+        self._batches = 0
+        self._failing = False
+        self._head = GENESIS
+        self._in_batch = 0  # rows of the batch being committed (lost if we give up)
+        self._drop_log = Throttle(10.0, time.monotonic)
+
+    async def start(self) -> None:
+        """Check the chain against its anchor, then start the writer task."""
+        head, anchor, holds = await self._db.run(check_on_open)
+        self._head = head
+        if not holds:
+            assert anchor is not None
+            logger.critical(
+                "audit trail no longer passes through its anchor (seq %d): rows were deleted or "
+                "rewritten while agentd was stopped; run `agentctl audit verify`", anchor.seq,
+                extra={"audit_anchor_seq": anchor.seq, "audit_anchor_hash": anchor.hash},
+            )
+        logger.info("audit head: seq %d hash %s", head.seq, head.hash,
+                    extra={"audit_seq": head.seq, "audit_hash": head.hash})
+        self._task = asyncio.create_task(self._drain(), name="audit-writer")
+
+    def record_nowait(self, event: AuditEvent) -> bool:
+        """Queue a row; False when the queue is full (nothing queued)."""
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            return False
+        return True
+
+    async def record(self, event: AuditEvent) -> None:
+        """Queue a row, waiting (briefly) for room while the store works; else drop it."""
+        if self.record_nowait(event):
+            return
+        if not self._failing and self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._max_wait_s):
+                    await self._queue.put(event)
+                    return
+        self._drop(1)
+
+    async def record_now(self, event: AuditEvent) -> Anchor:
+        """Commit one row before returning; StoreError if the store fails."""
+        head: Anchor = await self._db.run(commit_rows, [event])
+        self._committed += 1
+        self._head = head
+        return head
+
+    async def flush(self) -> None:
+        """Until every row queued so far is committed (or dropped)."""
+        await self._queue.join()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Commit what is queued (up to `timeout`), stop the task, log the head."""
+        if self._task is None:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self.flush()
+        except TimeoutError:
+            self._drop(self._queue.qsize() + self._in_batch)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self._task = None
+        logger.info("audit head at shutdown: seq %d hash %s (%d rows this run, %d dropped)",
+                    self._head.seq, self._head.hash, self._committed, self._dropped,
+                    extra={"audit_seq": self._head.seq, "audit_hash": self._head.hash})
+
+    def statistics(self) -> AuditStatistics:
+        return AuditStatistics(self._committed, self._dropped, self._queue.qsize(),
+                               self._batches, self._failing, self._head.seq)
+
+    async def _drain(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            self._in_batch = len(batch)
+            await self._commit(batch)
+            self._in_batch = 0
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _commit(self, batch: list[AuditEvent]) -> None:
+        """Commit one batch, retrying with backoff while the store fails."""
+        delay = 0.05
+        while True:
+            try:
+                self._head = await self._db.run(commit_rows, batch)
+            except StoreError as exc:
+                self._note_failure(exc)
+                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
+                delay = min(delay * 2, self._retry_max_s)
+                continue
+            if self._failing:
+                logger.info("audit writer recovered (%d rows dropped so far)", self._dropped)
+            self._failing = False
+            self._committed += len(batch)
+            self._batches += 1
+            return
+
+    def _note_failure(self, exc: StoreError) -> None:
+        if not self._failing:
+            logger.error("audit rows cannot be committed, retrying: %s", exc)
+        self._failing = True
+
+    def _drop(self, count: int) -> None:
+        if count <= 0:
+            return
+        self._dropped += count
+        if self._drop_log.should_log():
+            logger.critical("audit rows dropped: the store fails and the audit queue is full "
+                            "(%d dropped so far)", self._dropped,
+                            extra={"audit_dropped": self._dropped})
