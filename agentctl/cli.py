@@ -262,7 +262,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass  # another user's process (agentd under systemd): its state still tells
     return _not_zombie(pid)
 
 

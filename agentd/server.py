@@ -53,7 +53,7 @@ class ServerStatistics:
 
 def bind_socket(path: Path, group: str) -> socket.socket:
     """Bind a fresh socket: 0600 from birth (0660 with a group); never steal a live one."""
-    ensure_private_dir(path.parent)
+    _ensure_socket_dir(path.parent, group)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # no window where the socket is wider than 0600
@@ -71,13 +71,26 @@ def bind_socket(path: Path, group: str) -> socket.socket:
     return sock
 
 
+def _ensure_socket_dir(directory: Path, group: str) -> None:
+    """A directory we create is 0700, or 0750 for the socket group so members can reach it."""
+    if directory.exists() or not group:
+        ensure_private_dir(directory)
+        return
+    ensure_private_dir(directory)
+    os.chown(directory, -1, _gid(group))
+    os.chmod(directory, 0o750)
+
+
 def _open_to_group(path: Path, group: str) -> None:
+    os.chown(path, -1, _gid(group))
+    os.chmod(path, 0o660)
+
+
+def _gid(group: str) -> int:
     try:
-        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
         raise ConfigError(f"daemon.socket_group: unknown group {group!r}") from None
-    os.chown(path, -1, gid)
-    os.chmod(path, 0o660)
 
 
 def _clear_stale(path: Path) -> None:

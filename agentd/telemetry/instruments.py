@@ -21,8 +21,9 @@ Names are bare here (`requests_total`); the Prometheus exposition adds the
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
@@ -54,6 +55,8 @@ SERVER_FAILURES: Final = frozenset({
 REJECTIONS: Final = {ErrorCode.RATE_LIMITED: "rate_limited", ErrorCode.BUSY: "busy"}
 CHAT_COMMAND: Final = "chat"
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Readings:
@@ -63,6 +66,7 @@ class Readings:
     provider: ProviderStatistics | None = None
     admission: AdmissionStatistics | None = None
     audit: AuditStatistics | None = None
+    store_size_bytes: int | None = None
 
 
 class ProviderView(Protocol):
@@ -98,6 +102,7 @@ def readings_of(runtime: Runtime) -> Readings:
         provider=provider.statistics() if provider is not None else None,
         admission=queue.statistics() if queue is not None else None,
         audit=runtime.audit.statistics(),
+        store_size_bytes=runtime.store_size_bytes(),
     )
 
 
@@ -124,7 +129,6 @@ class Instruments:
         *,
         prices: Mapping[str, tuple[float, float]],
         loop_lag: LoopLagMonitor,
-        store_size: Callable[[], float],
         error_window_s: int = 60,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -134,9 +138,9 @@ class Instruments:
         self._deltas = _Deltas()
         self._started = clock()
         self._clock = clock
-        self._define(store_size, error_window_s)
+        self._define(error_window_s)
 
-    def _define(self, store_size: Callable[[], float], error_window_s: int) -> None:
+    def _define(self, error_window_s: int) -> None:
         r = self.registry
         r.gauge("uptime_seconds", "Seconds since this process started.",
                 callback=lambda: self._clock() - self._started)
@@ -157,7 +161,7 @@ class Instruments:
         self.cost = r.counter("estimated_cost_usd_total", "Estimated cost in USD, from the "
                               "configured per-model prices.", ("model",), lifetime=True)
         self._define_provider()
-        self._define_state(store_size)
+        self._define_state()
 
     def _define_provider(self) -> None:
         r = self.registry
@@ -177,7 +181,7 @@ class Instruments:
         self.breaker_state = r.gauge("breaker_state", "1 for the circuit breaker's current state.",
                                      ("state",))
 
-    def _define_state(self, store_size: Callable[[], float]) -> None:
+    def _define_state(self) -> None:
         r = self.registry
         self.lifecycle_state = r.gauge("lifecycle_state", "1 for the agent's current state.",
                                        ("state",))
@@ -189,8 +193,7 @@ class Instruments:
         self.audit_dropped = r.counter("audit_dropped_total", "Audit rows lost because the store "
                                        "failed and the audit queue was full.", lifetime=True)
         self.audit_queued = r.gauge("audit_queue_depth", "Audit rows waiting to be committed.")
-        self.store_size = r.gauge("store_size_bytes", "Database size on disk, WAL included.",
-                                  callback=store_size)
+        self.store_size = r.gauge("store_size_bytes", "Database size on disk, WAL included.")
         self.rss = r.gauge("process_resident_memory_bytes", "Resident memory (RSS).",
                            callback=process_rss_bytes)
         self.loop_lag = r.gauge("event_loop_lag_seconds", "Worst event-loop lag of the last "
@@ -243,11 +246,13 @@ class Instruments:
             self._deltas.sync(self.audit_rows, readings.audit.committed)
             self._deltas.sync(self.audit_dropped, readings.audit.dropped)
             self.audit_queued.set(readings.audit.queued)
+        if readings.store_size_bytes is not None:
+            self.store_size.set(readings.store_size_bytes)
         self.loop_lag.set(self._loop_lag.statistics().max_recent_s)
 
     def _read_lifecycle(self, stats: LifecycleStatistics) -> None:
-        for state in State:
-            self.lifecycle_state.set(1.0 if state is stats.state else 0.0, state=str(state))
+        for name in State:
+            self.lifecycle_state.set(1.0 if name is stats.state else 0.0, state=str(name))
         for transition, count in stats.transitions.items():
             self._deltas.sync(self.transitions, count, transition=transition)
 
@@ -255,8 +260,8 @@ class Instruments:
         for name, counter in self.provider_totals.items():
             self._deltas.sync(counter, getattr(stats, name))
         self._deltas.sync(self.breaker_trips, stats.breaker.trips)
-        for state in BreakerState:
-            self.breaker_state.set(1.0 if state is stats.breaker.state else 0.0, state=str(state))
+        for name in BreakerState:
+            self.breaker_state.set(1.0 if name is stats.breaker.state else 0.0, state=str(name))
 
     # -- persistence --------------------------------------------------------------------
 
@@ -299,6 +304,10 @@ class Instruments:
                       "dropped": int(self.audit_dropped.value()),
                       "queued": int(self.audit_queued.value())},
         }
+
+    async def run_loop_lag(self) -> None:
+        """Measure event-loop lag until cancelled (a background task of the daemon)."""
+        await self._loop_lag.run()
 
     def loop_lag_statistics(self) -> LoopLagStatistics:
         return self._loop_lag.statistics()
@@ -345,6 +354,18 @@ def latency_summary(state: HistogramState) -> dict[str, Any]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
+
+
+async def restore_counters(runtime: Runtime) -> None:
+    """Add the lifetime totals of earlier runs; a damaged value is logged and skipped."""
+    saved = await runtime.db.run(state.get_value, "metrics_lifetime")
+    try:
+        skipped = runtime.metrics.restore_lifetime(saved if isinstance(saved, dict) else {})
+    except ValueError as exc:
+        logger.warning("lifetime metrics not restored (%s): counting from zero", exc)
+        return
+    if skipped:
+        logger.info("lifetime metrics no longer defined, not restored: %s", ", ".join(skipped))
 
 
 async def save_counters(runtime: Runtime) -> None:

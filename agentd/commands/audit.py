@@ -1,0 +1,82 @@
+"""audit, audit_verify: the hash-chained record of every request (admin only)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, Final
+
+from agentd.access import Role
+from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
+from agentd.commands import Call, command
+from agentd.commands.args import optional, optional_or_none
+from agentd.errors import BadRequest, StoreError
+from agentd.runtime import Runtime
+from agentd.store import audit, sessions
+
+MAX_ROWS: Final = 10_000
+FLUSH_TIMEOUT_S: Final = 5.0
+
+
+@command("audit", role=Role.ADMIN,
+         args=("limit", "command", "outcome", "session", "request_id", "since"),
+         when_not_ready=True)
+async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Recent rows, newest first, with filters."""
+    query = await _query(runtime, call.args)
+    await _flush(runtime)
+    rows = await runtime.db.run(audit.recent, query)
+    return {"rows": rows}
+
+
+async def _query(runtime: Runtime, args: dict[str, Any]) -> audit.AuditQuery:
+    limit = optional(args, "limit", int, 50)
+    if not 1 <= limit <= MAX_ROWS:
+        raise BadRequest(f"argument 'limit' must be between 1 and {MAX_ROWS}")
+    outcome = optional_or_none(args, "outcome", str)
+    if outcome is not None and outcome not in OUTCOMES:
+        raise BadRequest(f"argument 'outcome' must be one of {', '.join(sorted(OUTCOMES))}")
+    session = optional_or_none(args, "session", str)
+    if session is not None:
+        found = await runtime.db.run(sessions.find, session)
+        session = found.id if found is not None else session  # a name, or an id since deleted
+    return audit.AuditQuery(
+        command=optional_or_none(args, "command", str),
+        outcome=outcome,
+        session_id=session,
+        request_id=optional_or_none(args, "request_id", str),
+        since=optional_or_none(args, "since", float),
+        limit=limit,
+    )
+
+
+@command("audit_verify", role=Role.ADMIN, when_not_ready=True)
+async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Check the whole chain; names the first broken row."""
+    await _flush(runtime)
+    try:
+        result, anchor = await runtime.db.run(audit.verify)
+    except StoreError as exc:
+        # A page that fails its HMAC is damage too: report it, do not fail the request.
+        return {"ok": False, "rows_checked": 0, "first_broken_seq": None,
+                "reason": "unreadable", "detail": str(exc), "head": None, "anchor": None}
+    return _verdict(result, anchor)
+
+
+def _verdict(result: VerifyResult, anchor: Anchor | None) -> dict[str, Any]:
+    return {
+        "ok": result.ok,
+        "rows_checked": result.rows_checked,
+        "first_broken_seq": result.first_broken_seq,
+        "reason": str(result.reason) if result.reason is not None else None,
+        "detail": result.detail,
+        "head": {"seq": result.head.seq, "hash": result.head.hash},
+        "anchor": {"seq": anchor.seq, "hash": anchor.hash} if anchor is not None else None,
+    }
+
+
+async def _flush(runtime: Runtime) -> None:
+    """Rows of earlier requests are still queued for the writer: include them."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(FLUSH_TIMEOUT_S):
+            await runtime.audit.flush()
