@@ -208,12 +208,12 @@ def reap_leftovers(cg2: Path) -> None:
         owner, _, suffix = cgroup.name.removeprefix("systemd-lab-").partition("-")
         if not owner.isdigit() or _pid_alive(int(owner)):
             continue
-        if any(p.read_text().strip() for p in cgroup.rglob("cgroup.procs")):
-            continue
         try:
+            if any(p.read_text().strip() for p in cgroup.rglob("cgroup.procs")):
+                continue
             _remove_cgroup_tree(cgroup)
         except OSError:
-            continue
+            continue  # another test process got there first, or it is still in use
         workdir = Path(f"/tmp/systemd-lab-run.{suffix}")
         if workdir.is_dir() and str(workdir) not in Path("/proc/self/mountinfo").read_text():
             shutil.rmtree(workdir, ignore_errors=True)

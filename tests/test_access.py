@@ -14,19 +14,35 @@ import pytest
 
 from tests.conftest import DaemonProcess
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to run a client under another uid"
+)
 
 OUTSIDER = "nobody"
 GROUP = "users"
 
 
-def as_user(d: DaemonProcess, user: str, group: str, *args: str) -> subprocess.CompletedProcess[bytes]:
+def as_user(
+    d: DaemonProcess, user: str, group: str, *args: str
+) -> subprocess.CompletedProcess[bytes]:
     """agentctl as a real process under another uid and primary group."""
     uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
     env = {**d.env, "HOME": "/tmp"}
     return subprocess.run(
-        ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", sys.executable, "-m", "agentctl", *args],
-        env=env, capture_output=True, timeout=60, check=False,
+        [
+            "setpriv",
+            f"--reuid={uid}",
+            f"--regid={gid}",
+            "--clear-groups",
+            sys.executable,
+            "-m",
+            "agentctl",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
     )
 
 

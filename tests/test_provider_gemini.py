@@ -87,6 +87,23 @@ def run_python(code: str) -> str:
     return result.stdout.strip()
 
 
+# --- settings --------------------------------------------------------------------------
+
+
+def test_default_settings_are_valid_and_bad_ones_are_named() -> None:
+    assert ProviderSettings().problems() == []
+    bad = ProviderSettings(attempt_timeout_s=0, max_attempts=0, temperature=3.0, model=" ")
+
+    assert [name for name, _ in bad.problems()] == [
+        "model", "attempt_timeout_s", "max_attempts", "temperature"]
+
+
+def test_fallback_is_none_when_empty_or_the_primary() -> None:
+    assert ProviderSettings().fallback == "gemini-flash-lite-latest"
+    assert ProviderSettings(fallback_model="").fallback is None
+    assert ProviderSettings(fallback_model=MODEL).fallback is None
+
+
 # --- import cost -----------------------------------------------------------------
 
 

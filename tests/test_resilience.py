@@ -423,6 +423,19 @@ def test_an_unknown_primary_model_goes_straight_to_the_fallback(fake_gemini: Fak
     assert result.fallback_used
 
 
+def test_a_request_for_another_model_still_falls_back(fake_gemini: FakeGemini) -> None:
+    fake_gemini.push(not_found("custom-model"), model="custom-model")
+
+    async def scenario(h: Harness) -> Answer:
+        req = GenerationRequest("req-2", "", (Turn("user", "hi"),), model="custom-model")
+        return await h.provider.generate(req)
+
+    result = run_with(fake_gemini, scenario, fallback_model=FALLBACK)
+
+    assert models_seen(fake_gemini) == ["custom-model", FALLBACK]
+    assert result.model == FALLBACK and result.fallback_used
+
+
 def test_both_models_failing_ends_degraded(fake_gemini: FakeGemini) -> None:
     fake_gemini.set_default(server_error(500))
 

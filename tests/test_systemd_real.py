@@ -191,6 +191,22 @@ def test_a_gemini_key_file_reaches_the_daemon_as_a_credential(agentd_lab: System
     assert status_json(lab)["components"]["gemini"]["reason"].startswith("key configured")
 
 
+@pytest.mark.parametrize("command", [["--json", "metrics"], ["logs"]])
+def test_metrics_and_logs_work_inside_the_sandbox(
+    agentd_lab: SystemdLab, command: list[str]
+) -> None:
+    """The hardening leaves no system-wide /proc files (ProcSubset=pid: no /proc/stat,
+    /proc/meminfo, /proc/loadavg): what metrics and logs read must not need them.
+    """
+    lab = agentd_lab
+    start(lab)
+
+    result = lab.agentctl("--socket", SOCKET, *command)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert lab.journal("-u", SERVICE, "-p", "err") == []
+
+
 def test_stop_exits_zero_and_the_socket_starts_it_again(agentd_lab: SystemdLab) -> None:
     """1. `systemctl stop agentd` exits 0; the daemon exited 0 (Result=success).
     2. The socket unit and its file outlive the service (RuntimeDirectoryPreserve=,

@@ -389,7 +389,7 @@ class ResilientProvider(Provider):
             return self._degraded(call, call.request.model or "", problem)
         # One-off set-up (the SDK import, ~1 s) must not eat the first attempt's timeout.
         await self._inner.warm_up()
-        models = self._models()
+        models = self._models(call.request.model or self._settings.model)
         error: ProviderError | None = None
         for index, model in enumerate(models):
             if index:
@@ -408,9 +408,10 @@ class ResilientProvider(Provider):
         assert error is not None  # the loop ran at least once and did not return
         return self._failed(call, model, error)
 
-    def _models(self) -> tuple[str, ...]:
+    def _models(self, primary: str) -> tuple[str, ...]:
+        """The request's model (default: the configured one), then the fallback if distinct."""
         fallback = self._settings.fallback
-        return (self._settings.model,) if fallback is None else (self._settings.model, fallback)
+        return (primary,) if fallback in (None, primary) else (primary, fallback)
 
     def _fallback_reserve(self) -> float:
         """Time the primary must leave for the fallback: one attempt's worth."""
@@ -553,7 +554,7 @@ class ResilientProvider(Provider):
         self._counts["degraded"] += 1
         self._note_health(error)
         why = ("the rest was withheld by the safety filters" if error.kind is ErrorKind.BLOCKED
-               else f"the connection to the model failed ({error.kind})")
+               else f"the model stopped answering ({error})")
         assert call.relay is not None
         return Answer(text="".join(call.relay.pieces), model=model, degraded=True,
                       attempts=call.attempts,
@@ -651,7 +652,7 @@ def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
                 f"({error}). Check that the key is valid and allowed to use the Gemini API, "
                 "then restart agentd.")
     if kind is ErrorKind.UNAVAILABLE:
-        return (f"[degraded] The Gemini model is unreachable: too many recent failures ({error}). "
+        return (f"[degraded] The Gemini model is unreachable: {error}. "
                 "agentd keeps checking and will answer normally once it is back.")
     if kind is ErrorKind.RATE_LIMITED:
         wait = f" Try again in {error.retry_after:.0f}s." if error.retry_after else ""

@@ -33,12 +33,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from agentd.errors import StoreError
-from agentd.providers.resilience import BreakerState, HealthStatus, KeyCheck, KeyStatus
+from agentd.providers.resilience import (
+    BreakerState,
+    HealthStatus,
+    KeyCheck,
+    KeyStatus,
+    ResilientProvider,
+)
 from agentd.store import state
 from agentd.store.database import SQLITE_PLAINTEXT_HEADER, Connection
 from agentd.telemetry.alerts import AlertInputs, evaluate_rules
 from agentd.telemetry.health import Level
-from agentd.telemetry.instruments import ProviderView, provider_of, save_counters
+from agentd.telemetry.instruments import save_counters
 from agentd.telemetry.metrics import Clock, process_rss_bytes
 from agentd.telemetry.settings import MIB
 
@@ -219,26 +225,19 @@ class HealthChecks:
 
     async def check_key(self) -> bool:
         """One authenticated call (cached by the caller's cadence); True when it passed."""
-        provider = provider_of(self._rt)
-        if provider is None or provider.configuration_problem() is not None:
+        provider = self._rt.provider
+        if provider.configuration_problem() is not None:
             return True  # nothing to call: check_gemini reports the missing key
         self._key = await provider.check_key()
         self.check_gemini()
         return self._key.status is KeyStatus.OK
 
     def check_gemini(self) -> None:
-        provider = provider_of(self._rt)
-        if provider is None:
-            return
-        level, reason = self._gemini_verdict(provider)
+        # Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
+        level, reason = self._gemini_verdict(self._rt.provider)
         self._set("gemini", level, reason)
-        breaker = provider.statistics().breaker
-        if breaker.state is BreakerState.OPEN:
-            self._rt.lifecycle.component_failed("gemini", "circuit breaker open")
-        else:
-            self._rt.lifecycle.component_recovered("gemini")
 
-    def _gemini_verdict(self, provider: ProviderView) -> tuple[Level, str]:
+    def _gemini_verdict(self, provider: ResilientProvider) -> tuple[Level, str]:
         if provider.configuration_problem() is not None:
             return Level.DEGRADED, ("no API key: chat answers in degraded mode "
                                     "(set the credential gemini-api-key or GEMINI_API_KEY)")
@@ -253,15 +252,14 @@ class HealthChecks:
 
     def evaluate_alerts(self) -> None:
         errors, requests = self._rt.metrics.errors.counts()
-        provider = provider_of(self._rt)
-        breaker = provider.statistics().breaker if provider is not None else None
+        breaker = self._rt.provider.statistics().breaker
         inputs = AlertInputs(
             errors=errors,
             requests=requests,
             chat_p95_s=self._rt.metrics.chat_p95_s(),
-            breaker_open=breaker is not None and breaker.state is BreakerState.OPEN,
-            breaker_detail=(f"circuit breaker open after {breaker.consecutive_failures} consecutive "
-                            f"failures (last: {breaker.last_failure_kind})" if breaker else ""),
+            breaker_open=breaker.state is BreakerState.OPEN,
+            breaker_detail=(f"circuit breaker open after {breaker.trips} trip(s); last failure: "
+                            f"{breaker.last_failure_kind}"),
             disk_free_bytes=self._disk_free,
             disk_detail=self._disk_detail,
         )

@@ -25,13 +25,12 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from agentd.lifecycle import LifecycleStatistics, State
 from agentd.limits import AdmissionStatistics
 from agentd.protocol import ErrorCode
-from agentd.providers.errors import ProviderError
-from agentd.providers.resilience import BreakerState, KeyCheck, ProviderStatistics
+from agentd.providers.resilience import BreakerState, ProviderStatistics
 from agentd.store import state
 from agentd.telemetry.loop_lag import LoopLagMonitor, LoopLagStatistics
 from agentd.telemetry.metrics import (
@@ -69,38 +68,12 @@ class Readings:
     store_size_bytes: int | None = None
 
 
-class ProviderView(Protocol):
-    """What telemetry needs of the provider (a resilience.ResilientProvider)."""
-
-    def statistics(self) -> ProviderStatistics: ...
-
-    def configuration_problem(self) -> ProviderError | None: ...
-
-    async def check_key(self) -> KeyCheck: ...
-
-
-class _QueueView(Protocol):
-    def statistics(self) -> AdmissionStatistics: ...
-
-
-def provider_of(runtime: Runtime) -> ProviderView | None:
-    # runtime.provider comes with the chat pipeline; until it is wired the
-    # provider's figures and checks are absent rather than wrong.
-    return cast(ProviderView | None, getattr(runtime, "provider", None))
-
-
-def _queue_of(runtime: Runtime) -> _QueueView | None:
-    return cast(_QueueView | None, getattr(getattr(runtime, "chat", None), "queue", None))
-
-
 def readings_of(runtime: Runtime) -> Readings:
     """What `refresh()` needs, from the running daemon."""
-    provider = provider_of(runtime)
-    queue = _queue_of(runtime)
     return Readings(
         lifecycle=runtime.lifecycle.statistics(),
-        provider=provider.statistics() if provider is not None else None,
-        admission=queue.statistics() if queue is not None else None,
+        provider=runtime.provider.statistics(),
+        admission=runtime.chat.queue.statistics(),
         audit=runtime.audit.statistics(),
         store_size_bytes=runtime.store_size_bytes(),
     )
