@@ -327,32 +327,42 @@ class SystemdLab:
             queue.extend(_children(pid))
         return None
 
-    def _release_helpers(self, cg2: Path) -> None:
-        """timeout/unshare leave the lab's cgroup, which then holds systemd's tree only."""
+    def _helpers(self) -> list[int]:
+        """Our processes between script(1) and the lab's init: timeout, unshare, inner.sh."""
+        found: list[int] = []
         queue = [self._unshare_pid] if self._unshare_pid else []
         while queue:
             pid = queue.pop(0)
-            if pid == self.pid:
+            if _is_namespace_init(pid):
                 continue
+            found.append(pid)
+            queue.extend(_children(pid))
+        return found
+
+    def _release_helpers(self, cg2: Path) -> None:
+        """The helpers leave the lab's cgroup, which then holds systemd's tree only."""
+        for pid in self._helpers():
             with contextlib.suppress(OSError):  # already gone
                 (cg2 / "cgroup.procs").write_text(str(pid))
-            queue.extend(_children(pid))
 
     def shutdown(self) -> None:
         """Power the lab off (SIGKILL if it does not go) and remove every trace of it."""
-        if self.pid and _pid_alive(self.pid):
-            with contextlib.suppress(subprocess.TimeoutExpired, LabError):
-                self.run(["systemctl", "poweroff", "--no-block"], timeout=5)
+        init = self.pid or (self._find_namespace_init() if self._unshare_pid else None)
+        if init and _pid_alive(init):
+            if self.pid:
+                with contextlib.suppress(subprocess.TimeoutExpired, LabError):
+                    self.run(["systemctl", "poweroff", "--no-block"], timeout=5)
             try:
-                wait_until(lambda: not _pid_alive(self.pid or 0), 8.0, what="lab poweroff")
+                wait_until(lambda: not _pid_alive(init), 8.0, what="lab poweroff")
             except LabTimeout:
-                os.kill(self.pid, signal.SIGKILL)
-        if self._unshare_pid and _pid_alive(self._unshare_pid):
-            os.kill(self._unshare_pid, signal.SIGKILL)
+                os.kill(init, signal.SIGKILL)  # ends every process of the pid namespace
         if self._script is not None:
-            try:
+            try:  # without their init, the helpers and script(1) exit by themselves
                 self._script.wait(timeout=3)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired:  # a boot that failed before systemd ran
+                for pid in self._helpers():
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
                 self._script.kill()
                 self._script.wait()
         self._remove_cgroup()

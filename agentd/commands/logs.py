@@ -58,8 +58,9 @@ def _level(name: str) -> int:
     return level
 
 
+# long_running: the server cancels a follow when its client hangs up.
 @command("logs", role=Role.READ, args=("lines", "level", "since", "request_id", "follow"),
-         when_stopping=True, when_not_ready=True)
+         when_stopping=True, when_not_ready=True, long_running=True)
 async def logs(runtime: Runtime, call: Call) -> dict[str, Any]:
     query = parse_query(call.args)
     if not optional(call.args, "follow", bool, False):
@@ -92,8 +93,8 @@ async def _stream(
     # Records logged between subscribe() and entries() are in both: send them once.
     # `backlog` keeps those entries alive, so their ids stay unique meanwhile.
     sent = {id(entry) for entry in backlog}
-    for entry in backlog:
-        await call.emit("log", {"record": entry.as_dict()})
+    for old in backlog:
+        await call.emit("log", {"record": old.as_dict()})
     while (entry := await _next(queue, stopping)) is not None:
         if id(entry) not in sent and query.matches(entry):
             await call.emit("log", {"record": entry.as_dict()})

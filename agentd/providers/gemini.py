@@ -117,9 +117,9 @@ class GeminiProvider(Provider):
                     # Outside translate_errors on purpose: a consumer failing
                     # (its client went away) is not a provider failure to retry.
                     await on_chunk(text)
-        finally:
-            with translate_errors():
-                await _aclose(stream)
+        except BaseException:
+            await _close_quietly(stream)
+            raise
         if last is None:
             raise MalformedResponse("the answer stream ended without any event")
         return _answer(model, ("".join(pieces), _notice_for(last)), usage)
@@ -187,11 +187,19 @@ async def _next_chunk(
         return await anext(stream, None)
 
 
-async def _aclose(stream: AsyncIterator[Any]) -> None:
-    """Close the SDK's stream early so its connection is released at once."""
+async def _close_quietly(stream: AsyncIterator[Any]) -> None:
+    """Close an abandoned stream now, releasing its connection.
+
+    Called while another exception is on its way out: a failure to close must
+    not replace it (least of all a CancelledError), so it is only logged.
+    """
     close = getattr(stream, "aclose", None)
-    if close is not None:
+    if close is None:
+        return
+    try:
         await close()
+    except Exception:
+        logger.debug("closing an abandoned answer stream failed", exc_info=True)
 
 
 def _read_response(response: types.GenerateContentResponse) -> tuple[str, str | None]:
