@@ -1,0 +1,86 @@
+"""server_throughput: 32 persistent connections sending `status` as fast as answered.
+
+    load generator (own process, asyncio protocols, 32 connections, closed loop)
+        ├──▶ agentd                    the daemon, rate limits off
+        └──▶ bench/floor_server.py     minimal asyncio server, same framing: THE FLOOR
+
+The same load generator drives both, alternately, for the same time after the
+same warm-up; each side gets ``rounds`` turns and its best one is reported (a
+noisy neighbour only ever slows a turn down). Targets: ≥ 20,000 req/s,
+p99 ≤ 5 ms, and ≥ 0.4 of the floor's requests/s. CPU used by the server and
+by the load generator during the turn shows which one was saturated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench.harness import (
+    PYTHON,
+    Daemon,
+    Workdir,
+    limits_overrides,
+    proc_cpu_s,
+    run_json,
+    started_process,
+)
+from bench.report import BenchResult, Figure, at_least, at_most
+
+SUMMARY = "32 clients on persistent connections sending status: req/s and p99 vs a minimal server"
+CONNECTIONS = 32
+
+
+def run(quick: bool) -> BenchResult:
+    duration, warmup, rounds = (2.0, 0.5, 1) if quick else (5.0, 1.0, 2)
+    result = BenchResult("server_throughput")
+    limits_env, limits_note = limits_overrides(enabled=False)
+    with Workdir() as workdir, Daemon(workdir, workdir.environ(**limits_env)) as daemon:
+        daemon.start()
+        reply = workdir.path / "status.json"
+        reply.write_text(json.dumps(daemon.call("status")))
+        floor_socket = str(workdir.path / "floor.sock")
+        floor_argv = [PYTHON, "-m", "bench.floor_server", "--socket", floor_socket, "--reply", str(reply)]
+        with started_process(floor_argv, ready_text="listening") as (floor, _line):
+            turns: dict[str, list[dict[str, Any]]] = {"agentd": [], "floor": []}
+            for _ in range(rounds):
+                turns["agentd"].append(turn(daemon.socket, daemon.pid, duration, warmup))
+                turns["floor"].append(turn(floor_socket, floor.pid, duration, warmup))
+        daemon.stop()
+    ours, base = best(turns["agentd"]), best(turns["floor"])
+    result.add(Figure(f"agentd status, {CONNECTIONS} connections", ours["rate"], "req/s",
+                      "minimal asyncio server", base["rate"], (at_least(20_000), at_least(0.4, "ratio"))))
+    result.add(Figure("agentd p50 latency", ours["latency_ms"]["p50"], "ms",
+                      "minimal asyncio server", base["latency_ms"]["p50"]))
+    result.add(Figure("agentd p99 latency", ours["latency_ms"]["p99"], "ms",
+                      "minimal asyncio server", base["latency_ms"]["p99"], (at_most(5.0),)))
+    result.info = {"connections": CONNECTIONS, "duration_s": duration, "warmup_s": warmup,
+                   "rounds": rounds, "limits": limits_note, "turns": turns}
+    result.notes += [
+        limits_note,
+        f"best of {rounds} alternating turn(s) of {duration:g} s after {warmup:g} s warm-up; "
+        f"one load-generator process (asyncio protocols), {CONNECTIONS} connections, closed loop",
+        f"CPU share during the turn: agentd {ours['server_cpu_share']:.0%}, its load generator "
+        f"{ours['client_cpu_share']:.0%}; floor server {base['server_cpu_share']:.0%}, "
+        f"its load generator {base['client_cpu_share']:.0%} (100% = one core)",
+    ]
+    if any(t["errors"] for side in turns.values() for t in side):
+        result.notes.append(f"error replies seen: {[t['errors'] for t in turns['agentd']]}")
+    return result
+
+
+def turn(socket_path: str, server_pid: int, duration: float, warmup: float) -> dict[str, Any]:
+    """One load-generator run against one server, with the server's CPU share over it."""
+    cpu_before = proc_cpu_s(server_pid)
+    load = run_json([
+        PYTHON, "-m", "bench.loadgen", "--socket", socket_path, "--connections", str(CONNECTIONS),
+        "--cmd", "status", "--duration", str(duration), "--warmup", str(warmup),
+    ])
+    wall = duration + warmup
+    load["server_cpu_share"] = (proc_cpu_s(server_pid) - cpu_before) / wall
+    load["client_cpu_share"] = load["client_cpu_s"] / wall
+    return load
+
+
+def best(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(turns, key=lambda t: float(t["rate"]))
