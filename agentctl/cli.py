@@ -26,7 +26,7 @@ from agentctl.output import (
     print_pairs,
     state_colour,
 )
-from agentd.protocol import default_socket_path
+from agentd.protocol import client_socket_path
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVING = ("READY", "PROCESSING")
@@ -107,14 +107,14 @@ def json_option(fn: F) -> F:
     metavar="PATH",
     envvar="AGENTD_SOCKET",
     show_envvar=True,
-    help="agentd's socket (default: $XDG_RUNTIME_DIR/agentd/agentd.sock).",
+    help="agentd's socket (default: $XDG_RUNTIME_DIR/agentd/agentd.sock if it exists, else /run/agentd/agentd.sock).",
 )
 @click.option("--json", "json_flag", is_flag=True, help="Print JSON for scripts.")
 @click.version_option(package_name="agentd", prog_name="agentctl")
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, json_flag: bool) -> None:
     """Drive the agentd daemon: start it, ask it things, stop it."""
-    ctx.obj = Options(socket=socket_path or default_socket_path(os.environ), json=json_flag)
+    ctx.obj = Options(socket=socket_path or client_socket_path(os.environ), json=json_flag)
 
 
 def options() -> Options:

@@ -175,6 +175,8 @@ def _model_turn(answer: Answer) -> messages.ModelTurn:
 
 def _notice(answer: Answer, left_out: int) -> str | None:
     notes = [answer.notice] if answer.notice else []
+    if answer.fallback_used:
+        notes.append(f"answered by the fallback model {answer.model}")
     if left_out:
         notes.append(
             f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)"

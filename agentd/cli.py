@@ -64,6 +64,8 @@ def main(
         config = load_config(environ, config_path=config_path, flags=flags)
         paths = resolve_paths(config, environ)
     except ConfigError as exc:
+        if not check_config:
+            _refuse_activation_clients(str(exc))
         _fail(str(exc), EX_CONFIG)
     if check_config:
         _print_config(config, paths)
@@ -98,6 +100,16 @@ def _fatal(stderr_handler: logging.Handler | None, message: str, status: int) ->
     logger.critical("cannot start: %s", message, extra={"exit_status": status})
     click.echo(f"agentd: {message}", err=True)
     return status
+
+
+def _refuse_activation_clients(message: str) -> None:
+    """Socket activation: answer the client that started us before exiting."""
+    from agentd.server import refuse_waiting_clients
+    from agentd.systemd import adopt_listen_socket
+
+    sock = adopt_listen_socket(os.environ)
+    if sock is not None:
+        refuse_waiting_clients(sock, f"agentd cannot start: {message}")
 
 
 def _fail(message: str, status: int) -> None:

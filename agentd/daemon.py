@@ -31,7 +31,7 @@ from agentd.providers import BreakerState, create_provider
 from agentd.providers.resilience import ResilientProvider
 from agentd.runtime import Runtime
 from agentd.secrets import load_db_key, load_gemini_key
-from agentd.server import Server, bind_socket
+from agentd.server import Server, bind_socket, refuse_waiting_clients
 from agentd.store import messages, sessions, state
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
@@ -66,24 +66,27 @@ class Daemon:
         self._db: Database | None = None
         self._server: Server | None = None
         self._bound_socket = False
+        self._adopted: socket.socket | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
 
     async def run(self) -> None:
         try:
             await self.startup()
-        except BaseException:
-            await self._abort_startup()
+        except BaseException as exc:
+            await self._abort_startup(exc)
             raise
         try:
             await self.main_loop()
         finally:
             await self.shutdown()
 
-    async def _abort_startup(self) -> None:
+    async def _abort_startup(self, exc: BaseException) -> None:
         """Undo a half-done start quietly: the caller prints the one line that matters."""
         if self._server is not None:
             self._server.stop_accepting()
+        if self._adopted is not None:
+            refuse_waiting_clients(self._adopted, f"agentd cannot start: {exc}")
         await self._close_store()
         self._remove_socket()
 
@@ -102,8 +105,8 @@ class Daemon:
             self.config.log.file_max_bytes,
             self.config.log.file_backups,
         )
+        sock = self._listen_socket()  # first: a second daemon stops here, before the store
         runtime = await self._open_store()
-        sock = self._listen_socket()
         self._server = Server(self.config.daemon, Dispatcher(runtime))
         await self._server.start(sock)
         self.lifecycle.transition(State.READY, "listening")
@@ -228,10 +231,10 @@ class Daemon:
             raise ConfigError(f"[access]: {exc.args[0]}") from None
 
     def _listen_socket(self) -> socket.socket:
-        adopted = adopt_listen_socket(self._environ)
-        if adopted is not None:
+        self._adopted = adopt_listen_socket(self._environ)
+        if self._adopted is not None:
             logger.info("adopted the socket passed by systemd")
-            return adopted
+            return self._adopted
         sock = bind_socket(self.paths.socket, self.config.daemon.socket_group)
         self._bound_socket = True  # only now is the file ours to remove
         return sock

@@ -195,3 +195,20 @@ def default_socket_path(environ: Mapping[str, str]) -> str:
     if xdg:
         return os.path.join(xdg, "agentd", "agentd.sock")
     return os.path.join(tempfile.gettempdir(), f"agentd-{os.getuid()}", "agentd.sock")
+
+
+SYSTEM_SOCKET: Final = "/run/agentd/agentd.sock"  # agentd.socket / agentd.service
+
+
+def client_socket_path(environ: Mapping[str, str]) -> str:
+    """The socket agentctl talks to: the user's own daemon, else the system service's.
+
+    A user's daemon (started by `agentctl start`) wins when its socket exists;
+    otherwise an operator on a systemd host reaches /run/agentd/agentd.sock
+    without flags. With neither, the user's path (for `start` and the error).
+    """
+    own = default_socket_path(environ)
+    if environ.get("AGENTD_SOCKET") or os.path.exists(own) or not os.path.exists(SYSTEM_SOCKET):
+        return own
+    return SYSTEM_SOCKET
+

@@ -113,6 +113,26 @@ def _clear_stale(path: Path) -> None:
     raise AlreadyRunning(f"another agentd is already running on {path}")
 
 
+def refuse_waiting_clients(sock: socket.socket, message: str) -> int:
+    """Answer every connection already queued on a socket we cannot serve, then close it.
+
+    Under socket activation a fatal start-up error would otherwise leave the
+    triggering client in the queue, and systemd would start us again and again.
+    """
+    sock.setblocking(False)
+    refused = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return refused
+        with conn:
+            conn.settimeout(1.0)
+            with contextlib.suppress(OSError):
+                conn.sendall(encode_frame(error_reply(None, ErrorCode.INTERNAL, message)))
+        refused += 1
+
+
 class Server:
     def __init__(self, settings: DaemonSettings, dispatcher: Dispatcher) -> None:
         self._settings = settings

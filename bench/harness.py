@@ -435,3 +435,34 @@ def time_runs(argv: Sequence[str], env: Mapping[str, str], *, ok_codes: tuple[in
     if done.returncode not in ok_codes:
         raise BenchError(f"{' '.join(argv)} exited {done.returncode}: {done.stderr.decode()[-400:]}")
     return elapsed
+
+
+# -- chat load ---------------------------------------------------------------------------
+
+CHAT_CONNECTIONS = 32
+
+
+def chat_environ(workdir: Workdir, url: str) -> tuple[dict[str, str], str]:
+    """The daemon's environment for chat benches: a key, the fake, no queue or rate limit in the way.
+
+    Returns the environment and a note saying what was raised.
+    """
+    limits_env, limits_note = limits_overrides(enabled=False)
+    env = workdir.environ(
+        **gemini_environ(url),
+        AGENTD_CHAT__MAX_CONCURRENT="64",
+        AGENTD_CHAT__MAX_QUEUE="1024",
+        **limits_env,
+    )
+    return env, f"chat.max_concurrent=64, chat.max_queue=1024; {limits_note}"
+
+
+def run_chats(socket_path: str, count: int, *, connections: int = CHAT_CONNECTIONS,
+              stream: bool = False, session_per_connection: bool = True,
+              extra: Sequence[str] = ()) -> dict[str, Any]:
+    """``count`` chats through the load generator (one JSON document back)."""
+    return run_json([
+        PYTHON, "-m", "bench.loadgen", "--socket", socket_path, "--connections", str(connections),
+        "--cmd", "chat", "--count", str(count), "--args", json.dumps({"stream": stream}),
+        *(["--session-per-connection"] if session_per_connection else []), *extra,
+    ])

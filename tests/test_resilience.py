@@ -206,7 +206,7 @@ def test_a_hang_past_the_attempt_timeout_is_retried(fake_gemini: FakeGemini) -> 
     async def scenario(h: Harness) -> Answer:
         return await h.ask()
 
-    result = run_with(fake_gemini, scenario, attempt_timeout_s=0.2)
+    result = run_with(fake_gemini, scenario, attempt_timeout_s=0.4)
 
     assert (result.text, result.attempts) == ("second try", 2)
     assert time.monotonic() - started < 3
@@ -496,7 +496,8 @@ def test_a_degraded_stream_sends_its_text_through_on_chunk(fake_gemini: FakeGemi
 
 def test_a_slow_but_steady_stream_is_not_timed_out(fake_gemini: FakeGemini) -> None:
     """The attempt timeout of a stream is per silence, not for the whole answer."""
-    fake_gemini.push(answer(chunks=("a", "b", "c", "d"), chunk_delay_s=0.2))
+    # Four silences of 0.15 s: each well inside the 0.5 s timeout, together past it.
+    fake_gemini.push(answer(chunks=("a", "b", "c", "d", "e"), chunk_delay_s=0.15))
     pieces: list[str] = []
 
     async def scenario(h: Harness) -> Answer:
@@ -504,7 +505,7 @@ def test_a_slow_but_steady_stream_is_not_timed_out(fake_gemini: FakeGemini) -> N
 
     result = run_with(fake_gemini, scenario, attempt_timeout_s=0.5)
 
-    assert result.text == "abcd" and result.attempts == 1
+    assert result.text == "abcde" and result.attempts == 1
 
 
 # --- context too long, safety -----------------------------------------------------------------

@@ -141,3 +141,34 @@ def test_socket_activation_adopts_the_passed_socket(
         if activator.poll() is None:
             activator.kill()
             activator.wait()
+
+
+@pytest.mark.skipif(shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed")
+@pytest.mark.parametrize("breakage", ["config", "db-key"])
+def test_fatal_start_under_activation_answers_the_waiting_client(
+    make_daemon: Callable[..., DaemonProcess], short_tmp: Path, breakage: str
+) -> None:
+    """The client that triggered activation gets one clear error, not a hang or a reset,
+    and agentd exits 78 (so systemd's socket is not re-triggered in a loop)."""
+    d = make_daemon()
+    if breakage == "config":
+        Path(d.env["AGENTD_CONFIG"]).write_text("[daemon]\nno_such_key = 1\n")
+    else:
+        (short_tmp / "bad.key").write_text("zz")
+        d.env["AGENTD_DB_KEY_FILE"] = str(short_tmp / "bad.key")
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "-l", d.socket, "-E", "PYTHONPATH", "-E", "HOME", "-E", "AGENTD_CONFIG",
+         "-E", "AGENTD_STATE_DIR", "-E", "AGENTD_SOCKET", "-E", "AGENTD_DB_KEY_FILE",
+         sys.executable, "-m", "agentd"],
+        env=d.env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: Path(d.socket).exists(), 10, "the activator's socket")
+        status = run_agentctl(d.env, "status")
+        assert status.returncode == 1
+        assert b"agentd cannot start" in status.stderr
+        assert activator.wait(30) == 78
+    finally:
+        if activator.poll() is None:
+            activator.kill()
+            activator.wait()
