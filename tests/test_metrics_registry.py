@@ -20,17 +20,7 @@ from agentd.telemetry.metrics import (
     process_rss_bytes,
 )
 from agentd.telemetry.prometheus import CONTENT_TYPE, render
-
-
-class FakeClock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 @pytest.fixture

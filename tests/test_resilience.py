@@ -45,23 +45,13 @@ from tests.fake_gemini import (
     unauthorized,
     unused_port,
 )
+from tests.fakes import FakeClock
 
 PRIMARY = "gemini-flash-latest"
 # Built once: every SDK client would otherwise load the CA store again (~100 ms).
 TLS = ssl.create_default_context()
 FALLBACK = "gemini-flash-lite-latest"
 KEY = "test-key-not-secret"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeSleep:
