@@ -290,6 +290,11 @@ def main() -> None:
     cli(prog_name="agentctl")
 
 
+from agentctl.ops import register  # noqa: E402  (ops builds on the helpers above)
+
+register(cli)
+
+
 def _register_commands() -> None:
     from agentctl import conversation
 

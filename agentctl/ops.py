@@ -9,15 +9,14 @@
                                        the first broken row
 
 Imports click, msgpack (through the client) and agentd.protocol only.
+Registered on the group by agentctl.cli (import that, not this module).
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
-from datetime import datetime
 from typing import Any, Final
 
 import click
@@ -35,9 +34,8 @@ from agentctl.output import (
     state_colour,
     style,
 )
+from agentctl.since import parse_since
 
-_DURATION: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*\Z")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LEVEL_COLOURS: Final = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
 
 
@@ -68,31 +66,54 @@ def metrics(prometheus: bool) -> None:
 
 def _print_summary(s: dict[str, Any]) -> None:
     requests, tokens, provider = s["requests"], s["tokens"], s["provider"]
-    print_pairs([
-        ("uptime", human_duration(s["uptime_s"])),
-        ("state", state_colour(str(s["lifecycle"]["state"]))),
-        ("requests", f"{requests['total']} total, {requests['per_minute']:.0f}/min in the last 60s"),
-        ("error rate", f"{requests['error_ratio']:.1%} ({requests['errors_in_window']} of "
-                       f"{requests['requests_in_window']} in {requests['window_s']}s)"),
-        ("chat latency", _latency(s["chat_latency_s"])),
-        ("provider latency", _latency(s["provider_latency_s"])),
-        ("tokens", f"{tokens['in']} in, {tokens['out']} out, "
-                   f"~${tokens['estimated_cost_usd']:.4f} estimated"),
-        ("provider", f"{provider['retries']} retries, {provider['fallbacks']} fallbacks, "
-                     f"{provider['degraded']} degraded"),
-        ("breaker", f"{provider['breaker_state'] or 'n/a'}, {provider['breaker_trips']} trips"),
-        ("rejected", f"{s['rejections']['rate_limited']} rate limited, {s['rejections']['busy']} busy"),
-        ("chat queue", f"{s['chat_queue']['waiting']} waiting, {s['chat_queue']['in_flight']} in flight"),
-        ("store", human_bytes(s["store_size_bytes"])),
-        ("memory (RSS)", human_bytes(s["rss_bytes"])),
-        ("event-loop lag", f"{s['event_loop_lag_s']['max_recent'] * 1000:.1f} ms"),
-        ("audit", f"{s['audit']['rows']} rows, {s['audit']['dropped']} dropped"),
-    ], indent=0)
+    print_pairs(
+        [
+            ("uptime", human_duration(s["uptime_s"])),
+            ("state", state_colour(str(s["lifecycle"]["state"]))),
+            (
+                "requests",
+                f"{requests['total']} total, {requests['per_minute']:.0f}/min in the last 60s",
+            ),
+            (
+                "error rate",
+                f"{requests['error_ratio']:.1%} ({requests['errors_in_window']} of "
+                f"{requests['requests_in_window']} in {requests['window_s']}s)",
+            ),
+            ("chat latency", _latency(s["chat_latency_s"])),
+            ("provider latency", _latency(s["provider_latency_s"])),
+            (
+                "tokens",
+                f"{tokens['in']} in, {tokens['out']} out, "
+                f"~${tokens['estimated_cost_usd']:.4f} estimated",
+            ),
+            (
+                "provider",
+                f"{provider['retries']} retries, {provider['fallbacks']} fallbacks, "
+                f"{provider['degraded']} degraded",
+            ),
+            ("breaker", f"{provider['breaker_state'] or 'n/a'}, {provider['breaker_trips']} trips"),
+            (
+                "rejected",
+                f"{s['rejections']['rate_limited']} rate limited, {s['rejections']['busy']} busy",
+            ),
+            (
+                "chat queue",
+                f"{s['chat_queue']['waiting']} waiting, {s['chat_queue']['in_flight']} in flight",
+            ),
+            ("store", human_bytes(s["store_size_bytes"])),
+            ("memory (RSS)", human_bytes(s["rss_bytes"])),
+            ("event-loop lag", f"{s['event_loop_lag_s']['max_recent'] * 1000:.1f} ms"),
+            ("audit", f"{s['audit']['rows']} rows, {s['audit']['dropped']} dropped"),
+        ],
+        indent=0,
+    )
     by_command = requests["by_command"]
     if by_command:
         click.echo("")
         outcomes = sorted({o for counts in by_command.values() for o in counts})
-        rows = [[cmd, *(str(counts.get(o, 0)) for o in outcomes)] for cmd, counts in by_command.items()]
+        rows = [
+            [cmd, *(str(counts.get(o, 0)) for o in outcomes)] for cmd, counts in by_command.items()
+        ]
         print_table(["command", *outcomes], rows)
 
 
@@ -100,8 +121,10 @@ def _latency(summary: dict[str, Any]) -> str:
     if not summary["count"]:
         return "no data"
     ms = {k: summary[k] * 1000 for k in ("avg", "p50", "p95", "p99")}
-    return (f"avg {ms['avg']:.0f} ms, p50 {ms['p50']:.0f}, p95 {ms['p95']:.0f}, "
-            f"p99 {ms['p99']:.0f} ({summary['count']} calls)")
+    return (
+        f"avg {ms['avg']:.0f} ms, p50 {ms['p50']:.0f}, p95 {ms['p95']:.0f}, "
+        f"p99 {ms['p99']:.0f} ({summary['count']} calls)"
+    )
 
 
 # -- health ------------------------------------------------------------------------------
@@ -126,7 +149,9 @@ def _print_health(h: dict[str, Any]) -> None:
     components = h.get("components", {})
     width = max((len(name) for name in components), default=0)
     for name, c in components.items():
-        click.echo(f"  {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}")
+        click.echo(
+            f"  {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}"
+        )
     for alert in h.get("alerts", []):
         click.echo(style(f"  ALERT {alert['name']}: {alert['detail']}", fg="red", bold=True))
 
@@ -134,26 +159,20 @@ def _print_health(h: dict[str, Any]) -> None:
 # -- logs -----------------------------------------------------------------------------------
 
 
-def parse_since(text: str, now: float) -> float:
-    """'10m', '2h', '30s', '1d' ago, or an ISO 8601 timestamp (local time if no zone)."""
-    match = _DURATION.match(text)
-    if match:
-        return now - float(match[1]) * _UNIT_SECONDS[match[2]]
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a duration (10m, 2h) nor a timestamp") from None
-    return moment.timestamp()
-
-
 @click.command()
 @click.option("-n", "--lines", default=100, show_default=True, help="How many recent records.")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new records until Ctrl-C.")
-@click.option("--level", metavar="LEVEL", help="Only records at this level or above (INFO, WARNING...).")
-@click.option("--since", metavar="WHEN", help="Only records since 10m, 2h, 1d ago or an ISO timestamp.")
+@click.option(
+    "--level", metavar="LEVEL", help="Only records at this level or above (INFO, WARNING...)."
+)
+@click.option(
+    "--since", metavar="WHEN", help="Only records since 10m, 2h, 1d ago or an ISO timestamp."
+)
 @click.option("--request", "request_id", metavar="ID", help="Only records of this request id.")
 @json_option
-def logs(lines: int, follow: bool, level: str | None, since: str | None, request_id: str | None) -> None:
+def logs(
+    lines: int, follow: bool, level: str | None, since: str | None, request_id: str | None
+) -> None:
     """Show the daemon's recent log records (no prompt or answer text, no secrets)."""
     opts = options()
     args: dict[str, Any] = {"lines": lines, "follow": follow}
@@ -190,8 +209,11 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
         return
     level = str(record.get("level", ""))
     colour = _LEVEL_COLOURS.get(level)
-    parts = [str(record.get("time", "")), style(level.ljust(8), fg=colour) if colour else level.ljust(8),
-             f"{record.get('logger', '')}: {record.get('message', '')}"]
+    parts = [
+        str(record.get("time", "")),
+        style(level.ljust(8), fg=colour) if colour else level.ljust(8),
+        f"{record.get('logger', '')}: {record.get('message', '')}",
+    ]
     if record.get("request_id"):
         parts.append(f"[{record['request_id']}]")
     click.echo(" ".join(parts))
@@ -206,18 +228,31 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
 @click.option("--outcome", type=click.Choice(["ok", "error"]), help="Only this outcome.")
 @click.option("--session", metavar="ID|NAME", help="Only this session.")
 @click.option("--request", "request_id", metavar="ID", help="Only this request id.")
-@click.option("--since", metavar="WHEN", help="Only rows since 10m, 2h, 1d ago or an ISO timestamp.")
+@click.option(
+    "--since", metavar="WHEN", help="Only rows since 10m, 2h, 1d ago or an ISO timestamp."
+)
 @json_option
 @click.pass_context
-def audit(ctx: click.Context, limit: int, command_name: str | None, outcome: str | None,
-          session: str | None, request_id: str | None, since: str | None) -> None:
+def audit(
+    ctx: click.Context,
+    limit: int,
+    command_name: str | None,
+    outcome: str | None,
+    session: str | None,
+    request_id: str | None,
+    since: str | None,
+) -> None:
     """List recent audit rows (one per request, hash-chained); admin only."""
     if ctx.invoked_subcommand is not None:
         return
     opts = options()
     args: dict[str, Any] = {"limit": limit}
-    filters = {"command": command_name, "outcome": outcome, "session": session,
-               "request_id": request_id}
+    filters = {
+        "command": command_name,
+        "outcome": outcome,
+        "session": session,
+        "request_id": request_id,
+    }
     args.update({key: value for key, value in filters.items() if value is not None})
     if since:
         args["since"] = parse_since(since, time.time())
@@ -225,15 +260,40 @@ def audit(ctx: click.Context, limit: int, command_name: str | None, outcome: str
     if opts.json:
         print_json(rows)
         return
-    print_table(["seq", "time", "uid", "pid", "command", "outcome", "latency", "session", "model",
-                 "tokens", "request"], [_audit_row(r) for r in rows])
+    print_table(
+        [
+            "seq",
+            "time",
+            "uid",
+            "pid",
+            "command",
+            "outcome",
+            "latency",
+            "session",
+            "model",
+            "tokens",
+            "request",
+        ],
+        [_audit_row(r) for r in rows],
+    )
 
 
 def _audit_row(r: dict[str, Any]) -> list[str]:
     outcome = r["outcome"] if r["error_code"] is None else f"{r['outcome']} {r['error_code']}"
     tokens = f"{r['tokens_in']}/{r['tokens_out']}" if r["model"] else ""
-    return [str(r["seq"]), r["ts"], str(r["peer_uid"]), str(r["peer_pid"]), r["command"], outcome,
-            f"{r['latency_ms']} ms", r["session_id"] or "", r["model"] or "", tokens, r["request_id"]]
+    return [
+        str(r["seq"]),
+        r["ts"],
+        str(r["peer_uid"]),
+        str(r["peer_pid"]),
+        r["command"],
+        outcome,
+        f"{r['latency_ms']} ms",
+        r["session_id"] or "",
+        r["model"] or "",
+        tokens,
+        r["request_id"],
+    ]
 
 
 @audit.command()
@@ -246,10 +306,14 @@ def verify() -> None:
         print_json(result)
     elif result["ok"]:
         head = result["head"]
-        click.echo(f"audit trail intact: {result['rows_checked']} rows, head seq {head['seq']} "
-                   f"hash {head['hash']}")
+        click.echo(
+            f"audit trail intact: {result['rows_checked']} rows, head seq {head['seq']} "
+            f"hash {head['hash']}"
+        )
     else:
         where = f"seq {result['first_broken_seq']}" if result["first_broken_seq"] else "the store"
-        click.echo(f"audit trail BROKEN at {where}: {result['reason']} ({result['detail']}); "
-                   f"{result['rows_checked']} rows intact before it")
+        click.echo(
+            f"audit trail BROKEN at {where}: {result['reason']} ({result['detail']}); "
+            f"{result['rows_checked']} rows intact before it"
+        )
     sys.exit(exits.OK if result["ok"] else exits.FAILED)

@@ -22,6 +22,8 @@ from typing import Any, Final
 
 from agentd.errors import ConfigError
 from agentd.providers.settings import ProviderSettings
+from agentd.ratelimit import LimitSettings
+from agentd.telemetry.settings import HealthSettings, PricingSettings
 
 PROFILES: Final = ("development", "staging", "production")
 SYSTEM_CONFIG: Final = Path("/etc/agentd/agentd.toml")
@@ -92,6 +94,9 @@ class Config:
     access: AccessSettings = field(default_factory=AccessSettings)
     chat: ChatSettings = field(default_factory=ChatSettings)
     gemini: ProviderSettings = field(default_factory=ProviderSettings)
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -109,6 +114,9 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "access": AccessSettings,
     "chat": ChatSettings,
     "gemini": ProviderSettings,
+    "limits": LimitSettings,
+    "health": HealthSettings,
+    "pricing": PricingSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -327,6 +335,10 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
     for name, problem in config.gemini.problems():
         raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
+    for section in ("limits", "health", "pricing"):
+        for name, problem in getattr(config, section).problems():
+            key = f"{section}.{name}"
+            raise ConfigError(f"{_origin(config, key)}: {key} {problem}")
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 

@@ -29,15 +29,21 @@ from agentd.lifecycle import Lifecycle, State
 from agentd.paths import Paths, ensure_private_dir
 from agentd.providers import BreakerState, create_provider
 from agentd.providers.resilience import ResilientProvider
+from agentd.ratelimit import RequestLimiter
 from agentd.runtime import Runtime
 from agentd.secrets import load_db_key, load_gemini_key
 from agentd.server import Server, bind_socket, refuse_waiting_clients
 from agentd.store import messages, sessions, state
+from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
+from agentd.telemetry.alerts import AlertBoard
+from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks
 from agentd.telemetry.health import HealthBoard, Level
+from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
+from agentd.telemetry.loop_lag import LoopLagMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +169,18 @@ class Daemon:
             session_id=session_id,
             request_stop=self.request_stop,
             lifetime=lifetime,
+            metrics=Instruments(
+                prices=self.config.pricing.prices(),
+                loop_lag=LoopLagMonitor(),
+                error_window_s=self.config.health.error_window_s,
+            ),
+            alerts=AlertBoard(),
+            audit=AuditWriter(self._db),
+            limiter=RequestLimiter(self.config.limits),
+            key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
         )
+        await restore_counters(self.runtime)
+        await self.runtime.audit.start()
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
         problem = provider.configuration_problem()
@@ -245,8 +262,11 @@ class Daemon:
             self._tasks.append(
                 asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog")
             )
-        self._tasks.append(asyncio.create_task(self._check_health(), name="health"))
         assert self.runtime is not None
+        self._tasks.append(asyncio.create_task(HealthChecks(self.runtime).run(), name="health"))
+        self._tasks.append(
+            asyncio.create_task(self.runtime.metrics.run_loop_lag(), name="loop-lag")
+        )
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._tasks.append(
@@ -276,26 +296,6 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
-
-    async def _check_health(self) -> None:
-        """Probe the store for real; fail into ERROR and recover with backoff."""
-        assert self.runtime is not None and self._db is not None
-        delay = self.config.daemon.health_interval_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._db.run(state.probe)
-                await self._db.run(state.put_values, {"lifetime": dict(self.runtime.lifetime)})
-            except StoreError as exc:
-                self.runtime.health.report("store", Level.FAILED, str(exc))
-                self.lifecycle.component_failed("store", str(exc))
-                delay = min(delay * 2, self.config.daemon.recovery_max_backoff_s)
-                continue
-            if self.runtime.health.get("store") is None or self.lifecycle.failing().get("store"):
-                logger.info("store recovered")
-            self.runtime.health.report("store", Level.OK, "read and write ok")
-            self.lifecycle.component_recovered("store")
-            delay = self.config.daemon.health_interval_s
 
     # -- shutdown ---------------------------------------------------------------------
 
@@ -351,8 +351,9 @@ class Daemon:
         if self._db is None:
             return
         if self.runtime is not None:
+            await self.runtime.audit.close()  # queued audit rows go in before the store closes
             with contextlib.suppress(StoreError):
-                await self._db.run(state.put_values, {"lifetime": dict(self.runtime.lifetime)})
+                await save_counters(self.runtime)
         await self._db.close()
 
     def _remove_socket(self) -> None:

@@ -45,11 +45,20 @@ class LimitSettings:
     log_interval_s: float = 10.0
 
     def problems(self) -> list[tuple[str, str]]:
-        positive = ("cheap_rate", "cheap_burst", "chat_rate", "chat_burst", "session_rate",
-                    "session_burst")
+        positive = (
+            "cheap_rate",
+            "cheap_burst",
+            "chat_rate",
+            "chat_burst",
+            "session_rate",
+            "session_burst",
+        )
         out = [(name, "must be greater than 0") for name in positive if getattr(self, name) <= 0]
-        out += [(name, "must be at least 1") for name in positive
-                if name.endswith("_burst") and 0 < getattr(self, name) < 1]
+        out += [
+            (name, "must be at least 1")
+            for name in positive
+            if name.endswith("_burst") and 0 < getattr(self, name) < 1
+        ]
         if self.log_interval_s < 0:
             out.append(("log_interval_s", "must not be negative"))
         return out
@@ -101,7 +110,13 @@ class RequestLimiter:
         if self._throttle.should_log():
             logger.warning(
                 "rate limited uid %d (%s requests; retry in %.2fs); %d more refusals held back",
-                uid, command_class, wait, self._throttle.suppressed,
-                extra={"limited_uid": uid, "command_class": command_class,
-                       "suppressed": self._throttle.suppressed},
+                uid,
+                command_class,
+                wait,
+                self._throttle.suppressed,
+                extra={
+                    "limited_uid": uid,
+                    "command_class": command_class,
+                    "suppressed": self._throttle.suppressed,
+                },
             )

@@ -14,8 +14,13 @@ from agentd.config import Config
 from agentd.lifecycle import Lifecycle
 from agentd.paths import Paths
 from agentd.providers.resilience import ResilientProvider
+from agentd.ratelimit import RequestLimiter
+from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
+from agentd.telemetry.alerts import AlertBoard
+from agentd.telemetry.checks import GeminiKeyCheck
 from agentd.telemetry.health import HealthBoard
+from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.logs import LogSinks
 
 
@@ -33,6 +38,11 @@ class Runtime:
     agent_id: str
     session_id: str  # the current session: chat uses it unless told otherwise
     request_stop: Callable[[str], None]
+    metrics: Instruments
+    alerts: AlertBoard
+    audit: AuditWriter  # one row per request; chat rows committed before the reply
+    limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
+    key_check: GeminiKeyCheck  # the cached result of provider.check_key()
     lifetime: Counter[str] = field(default_factory=Counter)  # survives restarts
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)

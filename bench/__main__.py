@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Final
 
 from bench.harness import PYTHON, REPO
-from bench.report import BenchResult, print_result, print_summary, write_json
+from bench.report import BenchResult, git_state, print_result, print_summary, write_json
 
 BENCHES: Final = (
     "client_latency",
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     print(f"agentd benches{' (quick: reduced counts, not figures to quote)' if args.quick else ''}; "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
+          f"agentd at {git_state()}")
     compile_bytecode()
     results = [run_one(name, args.quick) for name in (args.names or BENCHES)]
     print_summary(results)

@@ -38,7 +38,7 @@ WARMED_UP_LOG = "gemini client ready"
 
 
 def run(quick: bool) -> BenchResult:
-    count, rounds = (320, 1) if quick else (2000, 2)
+    count, rounds = (320, 1) if quick else (640, 2)
     result = BenchResult("chat_throughput")
     turns: dict[str, list[dict[str, Any]]] = {
         "agentd": [], "floor": [], "agentd_stream": [], "floor_single_turn": [],
@@ -79,6 +79,7 @@ def run(quick: bool) -> BenchResult:
         f"load generator {ours['client_cpu_share']:.0%}; floor loop {base['client_cpu_share']:.0%}, "
         f"fake Gemini {base['fake_cpu_share']:.0%} (100% = one core; 2 cores in all)",
     ]
+    result.notes.append(sdk_history_cost(base, single, count))
     errors = [t["errors"] for t in turns["agentd"] + turns["agentd_stream"] if t["errors"]]
     if errors:
         result.notes.append(f"error replies seen: {errors}")
@@ -105,6 +106,17 @@ def floor_turn(url: str, fake_pid: int, count: int, *, history: bool) -> dict[st
     load["fake_cpu_share"] = (proc_cpu_s(fake_pid) - cpu_fake) / wall
     load["client_cpu_share"] = load["client_cpu_s"] / wall
     return load
+
+
+def sdk_history_cost(with_history: dict[str, Any], single: dict[str, Any], count: int) -> str:
+    """google-genai's CPU per call, and what each exchange of history adds to it."""
+    per_call = {name: 1000 * t["client_cpu_s"] / t["ok"] for name, t in
+                (("history", with_history), ("single", single))}
+    mean_depth = (count / CHAT_CONNECTIONS - 1) / 2  # exchanges sent, averaged over a turn
+    per_exchange = (per_call["history"] - per_call["single"]) / mean_depth if mean_depth else 0.0
+    return (f"bare loop CPU per call: {per_call['single']:.1f} ms single-turn, "
+            f"{per_call['history']:.1f} ms with ~{mean_depth:.0f} exchanges of history on average: "
+            f"google-genai spends ~{per_exchange:.2f} ms of CPU per exchange of history per call")
 
 
 def best(turns: list[dict[str, Any]]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from bench.harness import (
     AGENTCTL,
@@ -92,7 +93,7 @@ def measure(argvs: dict[str, list[str]], env: dict[str, str], rounds: int) -> di
     return times
 
 
-def extra_imports(env: dict[str, str]) -> dict[str, object]:
+def extra_imports(env: dict[str, str]) -> dict[str, Any]:
     """Modules agentctl imports that the floor does not, with their self time in ms."""
     floor = import_times([PYTHON, "-X", "importtime", str(PROGRAMS / "click_status.py")], env)
     ours = import_times(with_interpreter_flags([*AGENTCTL, "status"], "-X", "importtime"), env)

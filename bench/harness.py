@@ -375,16 +375,28 @@ def fake_gemini(delay_s: float = 0.0) -> Iterator[FakeGemini]:
 # -- processes that print one JSON document ------------------------------------------
 
 
-def run_json(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-             timeout: float = 600.0) -> dict[str, Any]:
+def run_json(argv: Sequence[str], *, timeout: float = 900.0) -> dict[str, Any]:
     """Run a bench helper (load generator, floor loop) and parse the JSON it prints."""
-    done = subprocess.run(
-        list(argv), env=dict(env) if env is not None else None, capture_output=True, text=True,
-        timeout=timeout, check=False, cwd=REPO,
-    )
-    if done.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:4])}... exited {done.returncode}: {done.stderr.strip()[-800:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
+    return collect_json(spawn_json(argv), timeout=timeout)
+
+
+def spawn_json(argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start a bench helper that prints one JSON document; collect it with collect_json()."""
+    return subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, cwd=REPO)
+
+
+def collect_json(process: subprocess.Popen[str], *, timeout: float = 900.0) -> dict[str, Any]:
+    name = str(process.args)[:100]
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise BenchError(f"{name} ran over {timeout:.0f}s") from None
+    if process.returncode != 0:
+        raise BenchError(f"{name} exited {process.returncode}: {err.strip()[-800:]}")
+    result: dict[str, Any] = json.loads(out)
     return result
 
 

@@ -1,7 +1,8 @@
 """The load generator: N persistent connections, closed loop, run as its own process.
 
     python -m bench.loadgen --socket PATH --connections 32 --cmd status --duration 5 --warmup 1
-    python -m bench.loadgen --socket PATH --connections 32 --cmd chat --count 2000 --session-per-connection
+    python -m bench.loadgen --socket PATH --connections 32 --cmd chat --count 2000 \
+        --session-per-connection [--chats-per-session 10]
 
 Each connection sends one request, waits for its reply (event frames are
 skipped), and sends the next at once (or after ``--interval`` seconds, for a
@@ -43,6 +44,7 @@ class Plan:
     warmup_s: float
     interval_s: float
     session_per_connection: bool
+    chats_per_session: int  # a new session after this many requests; 0: one for the whole run
     message_prefix: str
 
 
@@ -70,15 +72,14 @@ class Connection(asyncio.Protocol):
         self._measured = False
         self._ids = 0
         self._session: str | None = None
+        self._in_session = 0  # requests sent in the current session
+        self._pending = ""  # the command awaiting its reply
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        if self._plan.session_per_connection:
-            self._send("session_new", {})
-        else:
-            self._send_next()
+        self._send_next()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done.done():
@@ -99,10 +100,13 @@ class Connection(asyncio.Protocol):
             self._tally.events += 1
             return
         now = time.perf_counter()
-        if self._session is None and self._plan.session_per_connection:
+        if self._pending == "session_new":
             self._session = message["result"]["session"]["id"]
             self._send_next()
             return
+        self._in_session += 1
+        if self._plan.chats_per_session and self._in_session >= self._plan.chats_per_session:
+            self._session, self._in_session = None, 0
         if message.get("ok"):
             if self._measured:
                 self._tally.latencies_ms.append((now - self._sent_at) * 1000)
@@ -126,6 +130,9 @@ class Connection(asyncio.Protocol):
             assert self._transport is not None
             self._transport.close()
             return
+        if self._plan.session_per_connection and self._session is None:
+            self._send("session_new", {})
+            return
         args = dict(self._plan.args)
         if self._plan.cmd == "chat":
             args["message"] = f"{self._plan.message_prefix} {self._index}-{self._ids}"
@@ -139,6 +146,7 @@ class Connection(asyncio.Protocol):
 
     def _send(self, cmd: str, args: dict[str, Any]) -> None:
         assert self._transport is not None
+        self._pending = cmd
         self._ids += 1
         body = msgpack.packb({"v": 1, "id": self._ids, "cmd": cmd, "args": args}, use_bin_type=True)
         self._sent_at = time.perf_counter()
@@ -214,11 +222,14 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--count", type=int)
     parser.add_argument("--warmup", type=float, default=0.0, help="seconds not measured (--duration)")
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between request starts")
-    parser.add_argument("--session-per-connection", action="store_true")
+    parser.add_argument("--session-per-connection", action="store_true",
+                        help="each connection creates its own session first (session_new)")
+    parser.add_argument("--chats-per-session", type=int, default=0,
+                        help="with --session-per-connection: a new session after this many")
     parser.add_argument("--message", default="bench prompt", help="chat message prefix")
     args = parser.parse_args(argv)
     plan = Plan(args.cmd, json.loads(args.args), args.duration, args.count, args.warmup,
-                args.interval, args.session_per_connection, args.message)
+                args.interval, args.session_per_connection, args.chats_per_session, args.message)
     result = asyncio.run(drive(args.socket, args.connections, plan))
     json.dump(result, sys.stdout)
 

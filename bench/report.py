@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Iterable
@@ -116,10 +117,10 @@ def format_value(value: float, unit: str) -> str:
 
 
 def table_rows(figures: Iterable[Figure]) -> list[tuple[str, ...]]:
-    rows = [("figure", "value", "floor", "ratio", "target", "verdict")]
+    rows: list[tuple[str, ...]] = [("figure", "value", "floor", "ratio", "target", "verdict")]
     for f in figures:
         floor = f"{f.floor_name}: {format_value(f.floor, f.unit)}" if f.floor is not None else ""
-        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else ""
+        ratio = f"{f.ratio:.3g}x" if f.ratio is not None else ""
         target = ", ".join(t.describe(f.unit) for t in f.targets)
         rows.append((f.name, format_value(f.value, f.unit), floor, ratio, target, f.verdict))
     return rows
@@ -155,8 +156,21 @@ def host_info() -> dict[str, Any]:
     return {
         "python": sys.version.split()[0], "executable": sys.executable,
         "platform": platform.platform(), "cpus": os.cpu_count(),
-        "load_avg_at_start": os.getloadavg(),
+        "load_avg_at_start": os.getloadavg(), "git": git_state(),
     }
+
+
+def git_state() -> str:
+    """The commit measured, and whether the work tree had changes on top of it."""
+    repo = RESULTS_DIR.parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "agentd", "agentctl"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}{' + uncommitted changes in agentd/agentctl' if dirty else ''}"
 
 
 def write_json(results: list[BenchResult], quick: bool, started: float) -> Path:

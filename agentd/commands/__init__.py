@@ -50,7 +50,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {}
 
-MODULES: Final = ("status", "stop", "chat")
+MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat")
 
 
 def command(

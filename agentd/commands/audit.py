@@ -18,9 +18,12 @@ MAX_ROWS: Final = 10_000
 FLUSH_TIMEOUT_S: Final = 5.0
 
 
-@command("audit", role=Role.ADMIN,
-         args=("limit", "command", "outcome", "session", "request_id", "since"),
-         when_not_ready=True)
+@command(
+    "audit",
+    role=Role.ADMIN,
+    args=("limit", "command", "outcome", "session", "request_id", "since"),
+    when_not_ready=True,
+)
 async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Recent rows, newest first, with filters."""
     query = await _query(runtime, call.args)
@@ -58,8 +61,15 @@ async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
         result, anchor = await runtime.db.run(audit.verify)
     except StoreError as exc:
         # A page that fails its HMAC is damage too: report it, do not fail the request.
-        return {"ok": False, "rows_checked": 0, "first_broken_seq": None,
-                "reason": "unreadable", "detail": str(exc), "head": None, "anchor": None}
+        return {
+            "ok": False,
+            "rows_checked": 0,
+            "first_broken_seq": None,
+            "reason": "unreadable",
+            "detail": str(exc),
+            "head": None,
+            "anchor": None,
+        }
     return _verdict(result, anchor)
 
 

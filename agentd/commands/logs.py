@@ -31,9 +31,10 @@ class LogQuery:
     request_id: str | None
 
     def backlog(self, entries: list[LogEntry]) -> list[LogEntry]:
-        chosen = list(select(entries, min_level=self.min_level, since=self.since,
-                             request_id=self.request_id))
-        return chosen[-self.lines:] if self.lines else []
+        chosen = list(
+            select(entries, min_level=self.min_level, since=self.since, request_id=self.request_id)
+        )
+        return chosen[-self.lines :] if self.lines else []
 
     def matches(self, entry: LogEntry) -> bool:
         return matches(entry, min_level=self.min_level, since=None, request_id=self.request_id)
@@ -59,8 +60,14 @@ def _level(name: str) -> int:
 
 
 # long_running: the server cancels a follow when its client hangs up.
-@command("logs", role=Role.READ, args=("lines", "level", "since", "request_id", "follow"),
-         when_stopping=True, when_not_ready=True, long_running=True)
+@command(
+    "logs",
+    role=Role.READ,
+    args=("lines", "level", "since", "request_id", "follow"),
+    when_stopping=True,
+    when_not_ready=True,
+    long_running=True,
+)
 async def logs(runtime: Runtime, call: Call) -> dict[str, Any]:
     query = parse_query(call.args)
     if not optional(call.args, "follow", bool, False):

@@ -11,9 +11,12 @@ from agentd.errors import BadRequest
 from agentd.lifecycle import SERVING
 from agentd.runtime import Runtime
 from agentd.telemetry import prometheus
+from agentd.telemetry.checks import refresh_gemini
 from agentd.telemetry.instruments import readings_of
 
 FORMATS: Final = ("json", "prometheus")
+# `health` refreshes a stale Gemini key check, but answers within this even if Gemini hangs.
+KEY_CHECK_WAIT_S: Final = 3.0
 
 
 @command("metrics", role=Role.READ, args=("format",), when_stopping=True, when_not_ready=True)
@@ -27,12 +30,17 @@ async def metrics(runtime: Runtime, call: Call) -> dict[str, Any]:
     if fmt == "prometheus":
         text = prometheus.render(instruments.registry)
         return {"format": fmt, "content_type": prometheus.CONTENT_TYPE, "text": text}
-    return {"format": fmt, "summary": instruments.summary(), "metrics": instruments.registry.snapshot()}
+    return {
+        "format": fmt,
+        "summary": instruments.summary(),
+        "metrics": instruments.registry.snapshot(),
+    }
 
 
 @command("health", role=Role.READ, when_stopping=True, when_not_ready=True)
 async def health(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Healthy means: no component failed and the agent answers (READY or PROCESSING)."""
+    await refresh_gemini(runtime, KEY_CHECK_WAIT_S)
     stats = runtime.lifecycle.statistics()
     return {
         "healthy": runtime.health.healthy and stats.state in SERVING,

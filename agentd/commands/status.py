@@ -35,6 +35,7 @@ async def status(runtime: Runtime, call: Call) -> dict[str, Any]:
         "store": {"path": str(runtime.paths.database), "size_bytes": runtime.store_size_bytes()},
         "in_flight": stats.in_flight,
         "components": runtime.health.snapshot(),
+        "alerts": runtime.alerts.snapshot(),
         "failing": dict(runtime.lifecycle.failing()),
         "lifetime": dict(runtime.lifetime),
     }

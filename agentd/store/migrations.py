@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from agentd.store.audit import m0002_audit
 from agentd.store.database import Connection, transaction
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def m0001_initial(conn: Connection) -> None:
 
 MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0001_initial", m0001_initial),
+    ("0002_audit", m0002_audit),
 ]
 
 

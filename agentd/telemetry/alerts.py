@@ -50,14 +50,20 @@ class AlertBoard:
         if firing and current is None:
             self._active[name] = Alert(name, detail, self._clock())
             self._episodes += 1
-            logger.critical("ALERT %s: %s", name, detail, extra={"alert": name, "alert_state": "firing"})
+            logger.critical(
+                "ALERT %s: %s", name, detail, extra={"alert": name, "alert_state": "firing"}
+            )
         elif firing and current is not None:
             # Keep the episode's start; the detail follows the latest figures.
             self._active[name] = Alert(name, detail, current.since)
         elif not firing and current is not None:
             del self._active[name]
-            logger.info("alert %s cleared (was: %s)", name, current.detail,
-                        extra={"alert": name, "alert_state": "cleared"})
+            logger.info(
+                "alert %s cleared (was: %s)",
+                name,
+                current.detail,
+                extra={"alert": name, "alert_state": "cleared"},
+            )
 
     def active(self) -> list[Alert]:
         return sorted(self._active.values(), key=lambda alert: alert.since)
@@ -100,5 +106,6 @@ def evaluate_rules(board: AlertBoard, inputs: AlertInputs, settings: HealthSetti
     )
     board.evaluate("breaker_open", inputs.breaker_open, inputs.breaker_detail)
     free = inputs.disk_free_bytes
-    board.evaluate("disk_low", free is not None and free < settings.disk_min_free_bytes,
-                   inputs.disk_detail)
+    board.evaluate(
+        "disk_low", free is not None and free < settings.disk_min_free_bytes, inputs.disk_detail
+    )

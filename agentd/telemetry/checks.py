@@ -16,15 +16,19 @@ agent in ERROR (lifecycle.component_failed); it returns to READY when they
 pass again. While the store fails, the local checks back off
 (daemon.health_interval_s doubling up to daemon.recovery_max_backoff_s).
 
-Costly checks are paced: the Gemini key check is one authenticated call,
-repeated every health.gemini_check_interval_s while it passes and with
-backoff while it fails; PRAGMA cipher_integrity_check reads every page, at
-start-up and every health.integrity_check_interval_s.
+Costly checks are paced. The Gemini key check is one authenticated call:
+made when `agentctl health` asks and the latest result is older than
+health.gemini_check_interval_s, and in the background at that interval
+(with backoff while it fails) - never at start-up, where it would race the
+first chats for the provider, and never on `status`. PRAGMA
+cipher_integrity_check reads every page: at start-up and every
+health.integrity_check_interval_s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -83,7 +87,9 @@ def read_encryption_facts(conn: Connection, path: Path, deep: bool) -> Encryptio
     row = conn.execute("PRAGMA cipher_version").fetchone()
     try:
         with path.open("rb") as handle:
-            plaintext: bool | None = handle.read(len(SQLITE_PLAINTEXT_HEADER)) == SQLITE_PLAINTEXT_HEADER
+            plaintext: bool | None = (
+                handle.read(len(SQLITE_PLAINTEXT_HEADER)) == SQLITE_PLAINTEXT_HEADER
+            )
     except OSError:
         plaintext = None
     problems = None
@@ -93,9 +99,102 @@ def read_encryption_facts(conn: Connection, path: Path, deep: bool) -> Encryptio
     return EncryptionFacts(row[0] if row and row[0] else None, plaintext, problems)
 
 
-def store_probe(conn: Connection) -> None:
-    """A real read and a real write through SQLCipher."""
-    state.probe(conn)
+class GeminiKeyCheck:
+    """The latest `provider.check_key()` result, refreshed at most once per interval.
+
+    Concurrent refreshes share one call, so a burst of `agentctl health`
+    costs the provider a single request.
+    """
+
+    def __init__(
+        self, provider: ResilientProvider, interval_s: float, *, clock: Clock = time.monotonic
+    ) -> None:
+        self._provider = provider
+        self.interval_s = interval_s
+        self._clock = clock
+        self._latest: KeyCheck | None = None
+        self._checked_at = 0.0
+        self._running: asyncio.Task[KeyCheck] | None = None
+
+    def latest(self) -> tuple[KeyCheck, float] | None:
+        """The latest result and its age in seconds, or None before the first check."""
+        if self._latest is None:
+            return None
+        return self._latest, self._clock() - self._checked_at
+
+    def stale(self) -> bool:
+        return self._latest is None or self._clock() - self._checked_at >= self.interval_s
+
+    async def refresh(self) -> KeyCheck:
+        if self._running is None or self._running.done():
+            self._running = asyncio.create_task(self._check(), name="gemini-key-check")
+        return await asyncio.shield(self._running)
+
+    async def refresh_if_stale(self, max_wait_s: float) -> None:
+        """Refresh a stale result, waiting at most `max_wait_s` (it goes on in the background)."""
+        if not self.stale():
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max_wait_s):
+                await self.refresh()
+
+    async def _check(self) -> KeyCheck:
+        result = await self._provider.check_key()
+        self._latest, self._checked_at = result, self._clock()
+        return result
+
+
+def report(runtime: Runtime, component: str, level: Level, reason: str) -> None:
+    """Record a verdict; log when a component changes level; move the lifecycle for critical ones."""
+    previous = runtime.health.get(component)
+    runtime.health.report(component, level, reason)
+    if previous is None or previous.level is not level:
+        _log_change(component, level, reason, first=previous is None)
+    if component not in CRITICAL:
+        return
+    if level is Level.FAILED:
+        runtime.lifecycle.component_failed(component, reason)
+    else:
+        runtime.lifecycle.component_recovered(component)
+
+
+def report_gemini(runtime: Runtime) -> None:
+    """The gemini component from the key check and the provider's own health.
+
+    Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
+    """
+    report(runtime, "gemini", *gemini_verdict(runtime))
+
+
+def gemini_verdict(runtime: Runtime) -> tuple[Level, str]:
+    provider, model = runtime.provider, runtime.config.gemini.model
+    if provider.configuration_problem() is not None:
+        return Level.DEGRADED, (
+            "no API key: chat answers in degraded mode "
+            "(set the credential gemini-api-key or GEMINI_API_KEY)"
+        )
+    health = provider.statistics().health
+    live = (_PROVIDER_LEVELS[health.status], health.reason)
+    checked = runtime.key_check.latest()
+    if checked is None:
+        key = (Level.OK, f"key configured; model {model}; not verified yet")
+    elif checked[0].status is KeyStatus.OK:
+        key = (Level.OK, f"key configured and verified {checked[1]:.0f}s ago; model {model}")
+    else:
+        result = checked[0]
+        key = (
+            _KEY_LEVELS[result.status],
+            f"key check {checked[1]:.0f}s ago: {result.status}: {result.detail}",
+        )
+    # The worse of the two wins; on a tie, the key check's words (they name the key).
+    return max(key, live, key=lambda verdict: _ORDER.index(verdict[0]))
+
+
+async def refresh_gemini(runtime: Runtime, max_wait_s: float) -> None:
+    """For `agentctl health`: a fresh key check if the cached one is stale, then the verdict."""
+    if runtime.provider.configuration_problem() is None:
+        await runtime.key_check.refresh_if_stale(max_wait_s)
+    report_gemini(runtime)
 
 
 class HealthChecks:
@@ -107,7 +206,6 @@ class HealthChecks:
         self._clock = clock
         self._next_integrity = 0.0  # clock time of the next deep check; 0: at once
         self._integrity: tuple[str, ...] = ()
-        self._key: KeyCheck | None = None
         self._disk_free: int | None = None
         self._disk_detail = ""
 
@@ -117,11 +215,15 @@ class HealthChecks:
             group.create_task(self._run_key_checks(), name="health-gemini-key")
 
     async def _run_local(self) -> None:
-        interval = self._rt.config.daemon.health_interval_s
-        delay = interval
+        daemon = self._rt.config.daemon
+        delay = daemon.health_interval_s
         while True:
             store_ok = await self.run_once()
-            delay = interval if store_ok else min(delay * 2, self._rt.config.daemon.recovery_max_backoff_s)
+            delay = (
+                daemon.health_interval_s
+                if store_ok
+                else min(delay * 2, daemon.recovery_max_backoff_s)
+            )
             await asyncio.sleep(delay)  # the checking cadence, not synchronisation
 
     async def run_once(self) -> bool:
@@ -132,7 +234,7 @@ class HealthChecks:
         self.check_disk()
         self.check_event_loop()
         self.check_memory()
-        self.check_gemini()
+        report_gemini(self._rt)
         self.evaluate_alerts()
         return store_ok
 
@@ -140,12 +242,12 @@ class HealthChecks:
 
     async def check_store(self) -> bool:
         try:
-            await self._rt.db.run(store_probe)
+            await self._rt.db.run(state.probe)  # a real read and a real write
             await save_counters(self._rt)
         except StoreError as exc:
-            self._set("store", Level.FAILED, str(exc))
+            report(self._rt, "store", Level.FAILED, str(exc))
             return False
-        self._set("store", Level.OK, "read and write ok")
+        report(self._rt, "store", Level.OK, "read and write ok")
         return True
 
     async def check_encryption(self) -> None:
@@ -153,13 +255,13 @@ class HealthChecks:
         try:
             facts = await self._rt.db.run(read_encryption_facts, self._rt.paths.database, deep)
         except StoreError as exc:
-            self._set("encryption", Level.FAILED, str(exc))
+            report(self._rt, "encryption", Level.FAILED, str(exc))
             return
         if facts.integrity_problems is not None:
             self._integrity = facts.integrity_problems
             every = self._settings.integrity_check_interval_s
             self._next_integrity = self._clock() + every if every > 0 else float("inf")
-        self._set("encryption", *self._encryption_verdict(facts))
+        report(self._rt, "encryption", *self._encryption_verdict(facts))
 
     def _encryption_verdict(self, facts: EncryptionFacts) -> tuple[Level, str]:
         if facts.cipher_version is None:
@@ -187,7 +289,7 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        self._set("disk", level, self._disk_detail)
+        report(self._rt, "disk", level, self._disk_detail)
 
     def _watched_dirs(self) -> list[Path]:
         paths = self._rt.paths
@@ -202,51 +304,42 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        self._set("event_loop", level, f"lag {lag * 1000:.1f} ms (degraded over "
-                  f"{s.loop_lag_degraded_s * 1000:.0f} ms)")
+        report(
+            self._rt,
+            "event_loop",
+            level,
+            f"lag {lag * 1000:.1f} ms (degraded over {s.loop_lag_degraded_s * 1000:.0f} ms)",
+        )
 
     def check_memory(self) -> None:
         rss = int(process_rss_bytes())
         limit = self._settings.rss_max_bytes
         level = Level.DEGRADED if limit and rss > limit else Level.OK
-        self._set("memory", level, f"RSS {_mib(rss)}" + (f" (limit {_mib(limit)})" if limit else ""))
+        report(
+            self._rt,
+            "memory",
+            level,
+            f"RSS {_mib(rss)}" + (f" (limit {_mib(limit)})" if limit else ""),
+        )
 
     # -- gemini
 
     async def _run_key_checks(self) -> None:
+        """At the check interval while the key works; with backoff while it does not."""
         interval = self._settings.gemini_check_interval_s
-        backoff = self._rt.config.daemon.health_interval_s
+        daemon = self._rt.config.daemon
+        delay = interval
         while True:
-            ok = await self.check_key()
-            delay = interval if ok else min(backoff, interval)
-            backoff = self._rt.config.daemon.health_interval_s if ok else min(
-                backoff * 2, self._rt.config.daemon.recovery_max_backoff_s)
             await asyncio.sleep(delay)  # the checking cadence, not synchronisation
-
-    async def check_key(self) -> bool:
-        """One authenticated call (cached by the caller's cadence); True when it passed."""
-        provider = self._rt.provider
-        if provider.configuration_problem() is not None:
-            return True  # nothing to call: check_gemini reports the missing key
-        self._key = await provider.check_key()
-        self.check_gemini()
-        return self._key.status is KeyStatus.OK
-
-    def check_gemini(self) -> None:
-        # Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
-        level, reason = self._gemini_verdict(self._rt.provider)
-        self._set("gemini", level, reason)
-
-    def _gemini_verdict(self, provider: ResilientProvider) -> tuple[Level, str]:
-        if provider.configuration_problem() is not None:
-            return Level.DEGRADED, ("no API key: chat answers in degraded mode "
-                                    "(set the credential gemini-api-key or GEMINI_API_KEY)")
-        health = provider.statistics().health
-        live = (_PROVIDER_LEVELS[health.status], health.reason)
-        if self._key is None or self._key.status is KeyStatus.OK:
-            return live
-        checked = (_KEY_LEVELS[self._key.status], f"key check: {self._key.status}: {self._key.detail}")
-        return max(live, checked, key=lambda verdict: _ORDER.index(verdict[0]))
+            if self._rt.provider.configuration_problem() is not None:
+                continue  # no key: nothing to call
+            result = await self._rt.key_check.refresh()
+            report_gemini(self._rt)
+            if result.status is KeyStatus.OK:
+                delay = interval
+            else:
+                retry = daemon.health_interval_s if delay >= interval else delay * 2
+                delay = min(retry, daemon.recovery_max_backoff_s, interval)
 
     # -- alerts
 
@@ -258,35 +351,32 @@ class HealthChecks:
             requests=requests,
             chat_p95_s=self._rt.metrics.chat_p95_s(),
             breaker_open=breaker.state is BreakerState.OPEN,
-            breaker_detail=(f"circuit breaker open after {breaker.trips} trip(s); last failure: "
-                            f"{breaker.last_failure_kind}"),
+            breaker_detail=(
+                f"circuit breaker open after {breaker.trips} trip(s); last failure: "
+                f"{breaker.last_failure_kind}"
+            ),
             disk_free_bytes=self._disk_free,
             disk_detail=self._disk_detail,
         )
         evaluate_rules(self._rt.alerts, inputs, self._settings)
 
-    # -- reporting
-
-    def _set(self, component: str, level: Level, reason: str) -> None:
-        previous = self._rt.health.get(component)
-        self._rt.health.report(component, level, reason)
-        if previous is None or previous.level is not level:
-            _log_change(component, level, reason, first=previous is None)
-        if component not in CRITICAL:
-            return
-        if level is Level.FAILED:
-            self._rt.lifecycle.component_failed(component, reason)
-        else:
-            self._rt.lifecycle.component_recovered(component)
-
 
 def _log_change(component: str, level: Level, reason: str, *, first: bool) -> None:
     if level is Level.OK and first:
         return  # a component that starts healthy is not news
-    log_level = {Level.OK: logging.INFO, Level.DEGRADED: logging.WARNING,
-                 Level.FAILED: logging.ERROR}[level]
-    logger.log(log_level, "%s is %s: %s", component, level, reason,
-               extra={"component": component, "health": str(level)})
+    log_level = {
+        Level.OK: logging.INFO,
+        Level.DEGRADED: logging.WARNING,
+        Level.FAILED: logging.ERROR,
+    }[level]
+    logger.log(
+        log_level,
+        "%s is %s: %s",
+        component,
+        level,
+        reason,
+        extra={"component": component, "health": str(level)},
+    )
 
 
 def _free_bytes(path: Path) -> int:

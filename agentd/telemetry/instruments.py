@@ -48,9 +48,14 @@ if TYPE_CHECKING:
 
 # What the error ratio counts: the daemon failing a request. A client's
 # mistake (BAD_REQUEST, FORBIDDEN...) or a rate limit doing its job is not.
-SERVER_FAILURES: Final = frozenset({
-    ErrorCode.INTERNAL, ErrorCode.PROVIDER_ERROR, ErrorCode.NOT_READY, ErrorCode.BUSY,
-})
+SERVER_FAILURES: Final = frozenset(
+    {
+        ErrorCode.INTERNAL,
+        ErrorCode.PROVIDER_ERROR,
+        ErrorCode.NOT_READY,
+        ErrorCode.BUSY,
+    }
+)
 REJECTIONS: Final = {ErrorCode.RATE_LIMITED: "rate_limited", ErrorCode.BUSY: "busy"}
 CHAT_COMMAND: Final = "chat"
 
@@ -115,24 +120,49 @@ class Instruments:
 
     def _define(self, error_window_s: int) -> None:
         r = self.registry
-        r.gauge("uptime_seconds", "Seconds since this process started.",
-                callback=lambda: self._clock() - self._started)
-        self.requests = r.counter("requests_total", "Requests answered, by command and outcome "
-                                  "(ok or the error code).", ("command", "outcome"), lifetime=True)
+        r.gauge(
+            "uptime_seconds",
+            "Seconds since this process started.",
+            callback=lambda: self._clock() - self._started,
+        )
+        self.requests = r.counter(
+            "requests_total",
+            "Requests answered, by command and outcome (ok or the error code).",
+            ("command", "outcome"),
+            lifetime=True,
+        )
         self.rate = r.sliding_rate("requests_per_minute", "Requests over the last 60 seconds.")
-        self.errors = r.error_rate("error_ratio", "Share of requests the daemon failed (INTERNAL, "
-                                   "PROVIDER_ERROR, NOT_READY, BUSY) over the window.",
-                                   window_seconds=error_window_s)
-        self.rejections = r.counter("rejections_total", "Requests refused to protect the daemon, "
-                                    "by reason (rate_limited, busy).", ("reason",), lifetime=True)
-        self.chat_latency = r.histogram("chat_latency_seconds", "Chat latency, end to end, "
-                                        "of answered chats.")
-        self.provider_latency = r.histogram("provider_latency_seconds", "Time spent in the "
-                                            "provider per chat, retries and fallback included.")
-        self.tokens = r.counter("tokens_total", "Tokens sent (in) and received (out), by model.",
-                                ("model", "direction"), lifetime=True)
-        self.cost = r.counter("estimated_cost_usd_total", "Estimated cost in USD, from the "
-                              "configured per-model prices.", ("model",), lifetime=True)
+        self.errors = r.error_rate(
+            "error_ratio",
+            "Share of requests the daemon failed (INTERNAL, "
+            "PROVIDER_ERROR, NOT_READY, BUSY) over the window.",
+            window_seconds=error_window_s,
+        )
+        self.rejections = r.counter(
+            "rejections_total",
+            "Requests refused to protect the daemon, by reason (rate_limited, busy).",
+            ("reason",),
+            lifetime=True,
+        )
+        self.chat_latency = r.histogram(
+            "chat_latency_seconds", "Chat latency, end to end, of answered chats."
+        )
+        self.provider_latency = r.histogram(
+            "provider_latency_seconds",
+            "Time spent in the provider per chat, retries and fallback included.",
+        )
+        self.tokens = r.counter(
+            "tokens_total",
+            "Tokens sent (in) and received (out), by model.",
+            ("model", "direction"),
+            lifetime=True,
+        )
+        self.cost = r.counter(
+            "estimated_cost_usd_total",
+            "Estimated cost in USD, from the configured per-model prices.",
+            ("model",),
+            lifetime=True,
+        )
         self._define_provider()
         self._define_state()
 
@@ -149,28 +179,38 @@ class Instruments:
                 ("blocked", "Answers blocked by the safety filters."),
             )
         }
-        self.breaker_trips = r.counter("breaker_trips_total", "Times the circuit breaker opened.",
-                                       lifetime=True)
-        self.breaker_state = r.gauge("breaker_state", "1 for the circuit breaker's current state.",
-                                     ("state",))
+        self.breaker_trips = r.counter(
+            "breaker_trips_total", "Times the circuit breaker opened.", lifetime=True
+        )
+        self.breaker_state = r.gauge(
+            "breaker_state", "1 for the circuit breaker's current state.", ("state",)
+        )
 
     def _define_state(self) -> None:
         r = self.registry
-        self.lifecycle_state = r.gauge("lifecycle_state", "1 for the agent's current state.",
-                                       ("state",))
-        self.transitions = r.counter("lifecycle_transitions_total", "Lifecycle transitions.",
-                                     ("transition",), lifetime=True)
+        self.lifecycle_state = r.gauge(
+            "lifecycle_state", "1 for the agent's current state.", ("state",)
+        )
+        self.transitions = r.counter(
+            "lifecycle_transitions_total", "Lifecycle transitions.", ("transition",), lifetime=True
+        )
         self.queue_waiting = r.gauge("chat_queue_depth", "Chats waiting for a provider slot.")
         self.in_flight = r.gauge("chats_in_flight", "Chats at the provider now.")
         self.audit_rows = r.counter("audit_rows_total", "Audit rows committed.", lifetime=True)
-        self.audit_dropped = r.counter("audit_dropped_total", "Audit rows lost because the store "
-                                       "failed and the audit queue was full.", lifetime=True)
+        self.audit_dropped = r.counter(
+            "audit_dropped_total",
+            "Audit rows lost because the store failed and the audit queue was full.",
+            lifetime=True,
+        )
         self.audit_queued = r.gauge("audit_queue_depth", "Audit rows waiting to be committed.")
         self.store_size = r.gauge("store_size_bytes", "Database size on disk, WAL included.")
-        self.rss = r.gauge("process_resident_memory_bytes", "Resident memory (RSS).",
-                           callback=process_rss_bytes)
-        self.loop_lag = r.gauge("event_loop_lag_seconds", "Worst event-loop lag of the last "
-                                "samples (how late a timer fired).")
+        self.rss = r.gauge(
+            "process_resident_memory_bytes", "Resident memory (RSS).", callback=process_rss_bytes
+        )
+        self.loop_lag = r.gauge(
+            "event_loop_lag_seconds",
+            "Worst event-loop lag of the last samples (how late a timer fired).",
+        )
 
     # -- pushed by the request path ------------------------------------------------
 
@@ -265,17 +305,22 @@ class Instruments:
             "provider_latency_s": latency_summary(self.provider_latency.state()),
             "tokens": self._tokens_summary(),
             "provider": self._provider_summary(),
-            "rejections": {reason: int(self.rejections.value(reason=reason))
-                           for reason in REJECTIONS.values()},
-            "chat_queue": {"waiting": int(self.queue_waiting.value()),
-                           "in_flight": int(self.in_flight.value())},
+            "rejections": {
+                reason: int(self.rejections.value(reason=reason)) for reason in REJECTIONS.values()
+            },
+            "chat_queue": {
+                "waiting": int(self.queue_waiting.value()),
+                "in_flight": int(self.in_flight.value()),
+            },
             "lifecycle": self._lifecycle_summary(),
             "store_size_bytes": int(self.store_size.value()),
             "rss_bytes": int(self.rss.value()),
             "event_loop_lag_s": self._lag_summary(),
-            "audit": {"rows": int(self.audit_rows.value()),
-                      "dropped": int(self.audit_dropped.value()),
-                      "queued": int(self.audit_queued.value())},
+            "audit": {
+                "rows": int(self.audit_rows.value()),
+                "dropped": int(self.audit_dropped.value()),
+                "queued": int(self.audit_queued.value()),
+            },
         }
 
     async def run_loop_lag(self) -> None:
@@ -304,13 +349,17 @@ class Instruments:
     def _provider_summary(self) -> dict[str, Any]:
         totals = {name: int(counter.value()) for name, counter in self.provider_totals.items()}
         states = [labels["state"] for labels, value in self.breaker_state.samples() if value]
-        return {**totals, "breaker_state": states[0] if states else None,
-                "breaker_trips": int(self.breaker_trips.value())}
+        return {
+            **totals,
+            "breaker_state": states[0] if states else None,
+            "breaker_trips": int(self.breaker_trips.value()),
+        }
 
     def _lifecycle_summary(self) -> dict[str, Any]:
         states = [labels["state"] for labels, value in self.lifecycle_state.samples() if value]
-        transitions = {labels["transition"]: int(value)
-                       for labels, value in self.transitions.samples()}
+        transitions = {
+            labels["transition"]: int(value) for labels, value in self.transitions.samples()
+        }
         return {"state": states[0] if states else None, "transitions": transitions}
 
     def _lag_summary(self) -> dict[str, float]:
@@ -321,8 +370,13 @@ class Instruments:
 def latency_summary(state: HistogramState) -> dict[str, Any]:
     """count, avg, p50, p95, p99 in seconds (None before the first observation)."""
     avg = state.sum / state.count if state.count else None
-    return {"count": state.count, "avg": _round(avg), "p50": _round(state.p50),
-            "p95": _round(state.p95), "p99": _round(state.p99)}
+    return {
+        "count": state.count,
+        "avg": _round(avg),
+        "p50": _round(state.p50),
+        "p95": _round(state.p95),
+        "p99": _round(state.p99),
+    }
 
 
 def _round(value: float | None) -> float | None:
@@ -344,6 +398,8 @@ async def restore_counters(runtime: Runtime) -> None:
 async def save_counters(runtime: Runtime) -> None:
     """Persist every lifetime counter (a real write: the health check's too)."""
     runtime.metrics.refresh(readings_of(runtime))
-    values = {"lifetime": dict(runtime.lifetime),
-              "metrics_lifetime": runtime.metrics.export_lifetime()}
+    values = {
+        "lifetime": dict(runtime.lifetime),
+        "metrics_lifetime": runtime.metrics.export_lifetime(),
+    }
     await runtime.db.run(state.put_values, values)

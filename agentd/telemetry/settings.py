@@ -50,12 +50,18 @@ class HealthSettings:
         checks = [
             ("disk_min_free_bytes", self.disk_min_free_bytes >= 0, "must not be negative"),
             ("loop_lag_degraded_s", self.loop_lag_degraded_s > 0, "must be greater than 0"),
-            ("loop_lag_failed_s", self.loop_lag_failed_s >= self.loop_lag_degraded_s,
-             "must be at least loop_lag_degraded_s"),
+            (
+                "loop_lag_failed_s",
+                self.loop_lag_failed_s >= self.loop_lag_degraded_s,
+                "must be at least loop_lag_degraded_s",
+            ),
             ("rss_max_bytes", self.rss_max_bytes >= 0, "must not be negative"),
             ("gemini_check_interval_s", self.gemini_check_interval_s > 0, "must be greater than 0"),
-            ("integrity_check_interval_s", self.integrity_check_interval_s >= 0,
-             "must not be negative"),
+            (
+                "integrity_check_interval_s",
+                self.integrity_check_interval_s >= 0,
+                "must not be negative",
+            ),
             ("error_window_s", self.error_window_s >= 1, "must be at least 1"),
             ("alert_error_ratio", 0 < self.alert_error_ratio <= 1, "must be in (0, 1]"),
             ("alert_min_requests", self.alert_min_requests >= 1, "must be at least 1"),
@@ -94,8 +100,9 @@ class PricingSettings:
     def problems(self) -> list[tuple[str, str]]:
         bad = [entry for entry in self.models if parse_price(entry) is None]
         if bad:
-            return [("models", f"entry {bad[0]!r} is not 'model=input/output' "
-                               "(USD per million tokens)")]
+            return [
+                ("models", f"entry {bad[0]!r} is not 'model=input/output' (USD per million tokens)")
+            ]
         return []
 
 

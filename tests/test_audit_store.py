@@ -1,0 +1,244 @@
+"""The audit table on a real SQLCipher file: sealing, anchors, queries, the group-commit writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from agentd.audit_chain import GENESIS, Anchor, Breakage, verify_chain
+from agentd.errors import StoreError
+from agentd.secrets import Secret
+from agentd.store import audit
+from agentd.store.audit import AuditEvent, AuditQuery, AuditWriter
+from agentd.store.database import Connection, Database, transaction
+from agentd.store.migrations import migrate
+
+T = TypeVar("T")
+KEY = Secret("5a" * 32)
+
+
+def event(n: int = 0, **changes: Any) -> AuditEvent:
+    fields: dict[str, Any] = {
+        "at": 1_750_000_000.0 + n,
+        "request_id": f"r-{n:04d}",
+        "peer_uid": 1000,
+        "peer_pid": 4242,
+        "command": "status",
+        "session_id": None,
+        "error_code": None,
+        "latency_s": 0.0123,
+    }
+    return AuditEvent(**(fields | changes))
+
+
+def run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return asyncio.run(scenario())
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "agentd.db"
+
+    async def create() -> None:
+        db = Database(path, KEY)
+        await db.open()
+        await db.run(migrate)
+        await db.close()
+
+    run(create)
+    yield path
+
+
+def with_db(path: Path, fn: Callable[..., T], *args: Any) -> T:
+    """Open the store, run fn(conn, *args) on its thread, close it."""
+
+    async def scenario() -> T:
+        db = Database(path, KEY)
+        await db.open()
+        try:
+            return await db.run(fn, *args)
+        finally:
+            await db.close()
+
+    return run(scenario)
+
+
+def all_rows(conn: Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(f"SELECT {', '.join(audit.COLUMNS)} FROM audit ORDER BY seq").fetchall()
+    return [dict(zip(audit.COLUMNS, row, strict=True)) for row in rows]
+
+
+def test_event_fields_are_the_chain_types_with_whole_milliseconds() -> None:
+    fields = event(latency_s=0.0126, error_code="BUSY").fields()
+    assert fields["ts"] == "2025-06-15T15:06:40.000000Z"
+    assert fields["latency_ms"] == 13
+    assert fields["outcome"] == "error"
+    assert "seq" not in fields
+
+
+def test_an_unknown_command_is_recorded_cut_to_64_characters() -> None:
+    assert event(command="x" * 10_000).fields()["command"] == "x" * 64
+
+
+def test_rows_read_back_verify_exactly_as_sealed(db_path: Path) -> None:
+    events = [
+        event(1),
+        event(2, session_id="s-1", model="m", tokens_in=5, tokens_out=7),
+        event(3, error_code="FORBIDDEN"),
+    ]
+    head = with_db(db_path, audit.commit_rows, events)
+    rows = with_db(db_path, all_rows)
+    assert [r["seq"] for r in rows] == [1, 2, 3]
+    assert verify_chain(rows).ok
+    assert head == Anchor.of(rows[-1])
+
+
+def test_the_table_is_strict_so_a_hash_never_sees_a_converted_type(db_path: Path) -> None:
+    def insert_float_latency(conn: Connection) -> None:
+        conn.execute(
+            "INSERT INTO audit VALUES (1, 't', 'r', 0, 0, 'c', NULL, 'ok', NULL, 1.5, NULL, 0, 0, 'p', 'h')"
+        )
+
+    with pytest.raises(StoreError, match="cannot store REAL value in INTEGER column"):
+        with_db(db_path, insert_float_latency)
+
+
+def test_append_inside_a_callers_transaction_follows_the_committed_head(db_path: Path) -> None:
+    """1. A batch commits. 2. A caller's transaction appends one row and rolls back.
+    3. The next batch still follows the committed head: the chain has no gap."""
+    with_db(db_path, audit.commit_rows, [event(1), event(2)])
+
+    def append_then_fail(conn: Connection) -> None:
+        with transaction(conn):
+            audit.append(conn, [event(3)])
+            raise RuntimeError("the chat's own write failed")
+
+    with pytest.raises(RuntimeError):
+        with_db(db_path, append_then_fail)
+    with_db(db_path, audit.commit_rows, [event(4)])
+    rows = with_db(db_path, all_rows)
+    assert [r["request_id"] for r in rows] == ["r-0001", "r-0002", "r-0004"]
+    assert verify_chain(rows).ok
+
+
+def test_the_anchor_follows_the_head(db_path: Path) -> None:
+    head = with_db(db_path, audit.commit_rows, [event(1), event(2)])
+    assert with_db(db_path, audit.stored_anchor) == head
+    result, anchor = with_db(db_path, audit.verify)
+    assert result.ok and result.rows_checked == 2 and anchor == head
+
+
+def test_a_tail_deleted_while_stopped_stays_detected_after_new_rows(db_path: Path) -> None:
+    """1. Three rows; the anchor is seq 3. 2. Rows 2-3 are deleted behind our back.
+    3. New rows reuse seq 2-3 with other hashes: the anchor stays, verify names seq 3."""
+    with_db(db_path, audit.commit_rows, [event(1), event(2), event(3)])
+
+    def delete_tail(conn: Connection) -> None:
+        conn.execute("DELETE FROM audit WHERE seq >= 2")
+
+    with_db(db_path, delete_tail)
+    head, anchor, holds = with_db(db_path, audit.check_on_open)
+    assert (head.seq, anchor.seq if anchor else None, holds) == (1, 3, False)
+    with_db(db_path, audit.commit_rows, [event(4), event(5), event(6)])
+    result, kept = with_db(db_path, audit.verify)
+    assert kept == anchor
+    assert not result.ok
+    assert result.reason is Breakage.ANCHOR_MISMATCH
+    assert result.first_broken_seq == 3
+
+
+def test_recent_filters_and_orders_newest_first(db_path: Path) -> None:
+    events = [
+        event(1, command="status"),
+        event(2, command="chat", session_id="s-a", model="m"),
+        event(3, command="chat", session_id="s-b", error_code="RATE_LIMITED"),
+        event(4, command="metrics"),
+    ]
+    with_db(db_path, audit.commit_rows, events)
+
+    def ids(query: AuditQuery) -> list[str]:
+        return [r["request_id"] for r in with_db(db_path, audit.recent, query)]
+
+    assert ids(AuditQuery()) == ["r-0004", "r-0003", "r-0002", "r-0001"]
+    assert ids(AuditQuery(command="chat")) == ["r-0003", "r-0002"]
+    assert ids(AuditQuery(outcome="error")) == ["r-0003"]
+    assert ids(AuditQuery(session_id="s-a")) == ["r-0002"]
+    assert ids(AuditQuery(request_id="r-0001")) == ["r-0001"]
+    assert ids(AuditQuery(since=1_750_000_003.0)) == ["r-0004", "r-0003"]
+    assert ids(AuditQuery(limit=1)) == ["r-0004"]
+
+
+def test_writer_group_commits_and_record_now_share_one_chain(db_path: Path) -> None:
+    """Queued rows, a row committed at once, more queued rows: one gap-free chain."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], Any]:
+        db = Database(db_path, KEY)
+        await db.open()
+        writer = AuditWriter(db, max_batch=4)
+        await writer.start()
+        for n in range(10):
+            assert writer.record_nowait(event(n))
+        await writer.record_now(event(100, command="chat", model="m", tokens_in=1, tokens_out=2))
+        for n in range(10, 20):
+            await writer.record(event(n))
+        await writer.close()
+        stats = writer.statistics()
+        rows = await db.run(all_rows)
+        await db.close()
+        return rows, stats
+
+    rows, stats = run(scenario)
+    assert len(rows) == 21
+    assert verify_chain(rows).ok
+    assert stats.committed == 21 and stats.dropped == 0 and stats.queued == 0
+    assert stats.head_seq == 21
+    assert stats.batches < 20  # rows shared commits
+
+
+def test_a_full_queue_waits_for_the_writer_instead_of_dropping(db_path: Path) -> None:
+    async def scenario() -> int:
+        db = Database(db_path, KEY)
+        await db.open()
+        writer = AuditWriter(db, max_queue=2, max_batch=2, max_wait_s=30)
+        await writer.start()
+        for n in range(50):
+            await writer.record(event(n))
+        await writer.close()
+        count: int = await db.run(
+            lambda conn: conn.execute("SELECT count(*) FROM audit").fetchone()[0]
+        )
+        await db.close()
+        assert writer.statistics().dropped == 0
+        return count
+
+    assert run(scenario) == 50
+
+
+def test_rows_that_cannot_be_written_are_dropped_and_counted(tmp_path: Path) -> None:
+    """The store is closed under the writer: the queue fills, then rows are dropped, counted."""
+
+    async def scenario() -> tuple[int, bool]:
+        db = Database(tmp_path / "a.db", KEY)
+        await db.open()
+        await db.run(migrate)
+        writer = AuditWriter(db, max_queue=3, max_wait_s=0.05, retry_max_s=0.05)
+        await writer.start()
+        await db.close()
+        for n in range(10):
+            await writer.record(event(n))
+        stats = writer.statistics()
+        await writer.close(timeout=0.1)
+        return writer.statistics().dropped, stats.failing
+
+    dropped, failing = run(scenario)
+    assert failing
+    assert dropped == 10  # each refused at the full queue or given up at close
+
+
+def test_verify_of_an_empty_trail_is_ok(db_path: Path) -> None:
+    result, anchor = with_db(db_path, audit.verify)
+    assert result.ok and result.rows_checked == 0 and result.head == GENESIS and anchor is None
