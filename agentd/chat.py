@@ -24,9 +24,11 @@ from agentd.lifecycle import Lifecycle
 from agentd.limits import AdmissionQueue
 from agentd.providers import Answer, GenerationRequest, OnChunk, ProviderSettings, Turn, fit_history
 from agentd.providers.resilience import ResilientProvider
+from agentd.ratelimit import CHAT, RequestLimiter
 from agentd.store import messages
 from agentd.store.database import Database
 from agentd.store.sessions import Session
+from agentd.telemetry.instruments import Instruments
 
 logger = logging.getLogger(__name__)
 
@@ -82,18 +84,29 @@ class ChatPipeline:
         db: Database,
         provider: ResilientProvider,
         lifecycle: Lifecycle,
+        limiter: RequestLimiter,
+        metrics: Instruments,
     ) -> None:
         self._settings = settings
         self._gemini = gemini
         self._db = db
         self._provider = provider
         self._lifecycle = lifecycle
+        self._limiter = limiter
+        self._metrics = metrics
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
 
     async def chat(
-        self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None
+        self,
+        session: Session,
+        request_id: str,
+        prompt: str,
+        on_chunk: OnChunk | None,
+        *,
+        peer_uid: int,
     ) -> ChatReply:
         validate_prompt(prompt, self._settings.max_prompt_bytes)
+        self._limiter.check(peer_uid, session.id, CHAT)  # RATE_LIMITED with retry_after
         async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
             self._lifecycle.begin_work()
             try:
@@ -108,7 +121,9 @@ class ChatPipeline:
         user_turn = await self._db.run(messages.record_user_turn, session.id, request_id, prompt)
         try:
             request, left_out = await self._build_request(session, request_id, prompt)
+            asked = time.monotonic()
             answer = await self._provider.generate(request, on_chunk)
+            self._metrics.observe_provider(time.monotonic() - asked)
             await self._db.run(
                 messages.record_model_turn, session.id, request_id, user_turn, _model_turn(answer)
             )

@@ -153,6 +153,21 @@ class Daemon:
                 "%d chats cut off by the previous run are marked interrupted", interrupted
             )
         provider = self._create_provider()
+        metrics = Instruments(
+            prices=self.config.pricing.prices(),
+            loop_lag=LoopLagMonitor(),
+            error_window_s=self.config.health.error_window_s,
+        )
+        limiter = RequestLimiter(self.config.limits)
+        chat = ChatPipeline(
+            self.config.chat,
+            self.config.gemini,
+            self._db,
+            provider,
+            self.lifecycle,
+            limiter,
+            metrics,
+        )
         self.runtime = Runtime(
             config=self.config,
             paths=self.paths,
@@ -162,21 +177,15 @@ class Daemon:
             logs=self._log_sinks,
             access=self._access_policy(),
             provider=provider,
-            chat=ChatPipeline(
-                self.config.chat, self.config.gemini, self._db, provider, self.lifecycle
-            ),
+            chat=chat,
             agent_id=agent_id,
             session_id=session_id,
             request_stop=self.request_stop,
             lifetime=lifetime,
-            metrics=Instruments(
-                prices=self.config.pricing.prices(),
-                loop_lag=LoopLagMonitor(),
-                error_window_s=self.config.health.error_window_s,
-            ),
+            metrics=metrics,
             alerts=AlertBoard(),
             audit=AuditWriter(self._db),
-            limiter=RequestLimiter(self.config.limits),
+            limiter=limiter,
             key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
         )
         await restore_counters(self.runtime)

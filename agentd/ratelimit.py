@@ -37,10 +37,10 @@ class LimitSettings:
     cheap_rate: float = 5000.0
     cheap_burst: float = 10000.0
     # Chat, per peer uid, and per (uid, session).
-    chat_rate: float = 1.0
-    chat_burst: float = 20.0
-    session_rate: float = 0.5
-    session_burst: float = 10.0
+    chat_rate: float = 2.0
+    chat_burst: float = 30.0
+    session_rate: float = 1.0
+    session_burst: float = 20.0
     # At most one warning about refused requests per this many seconds.
     log_interval_s: float = 10.0
 

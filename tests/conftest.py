@@ -206,6 +206,12 @@ def gemini_env(fake: FakeGemini, **overrides: str) -> dict[str, str]:
         "AGENTD_GEMINI__DEADLINE_S": "20",
         "AGENTD_GEMINI__BACKOFF_BASE_S": "0.01",
         "AGENTD_GEMINI__BACKOFF_MAX_S": "0.05",
+        # Load tests chat far faster than the default budgets allow; the limits
+        # themselves are tested with their own small budgets.
+        "AGENTD_LIMITS__CHAT_RATE": "10000",
+        "AGENTD_LIMITS__CHAT_BURST": "10000",
+        "AGENTD_LIMITS__SESSION_RATE": "10000",
+        "AGENTD_LIMITS__SESSION_BURST": "10000",
         **overrides,
     }
 

@@ -297,3 +297,23 @@ def test_chat_past_the_grace_period_is_marked_interrupted(
     d.start()
     messages = d.call("history")["messages"]
     assert [(m["content"], m["status"]) for m in messages] == [("stuck", "interrupted")]
+
+
+def test_chat_over_the_session_budget_is_rate_limited_and_writes_nothing(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    d = make_daemon(
+        gemini_env(
+            fake_gemini, AGENTD_LIMITS__SESSION_RATE="0.01", AGENTD_LIMITS__SESSION_BURST="2"
+        )
+    ).start()
+    assert d.agentctl("chat", "one").returncode == 0
+    assert d.agentctl("chat", "two").returncode == 0
+    third = d.agentctl("chat", "three")
+    assert third.returncode == 4
+    assert b"RATE_LIMITED" in third.stderr and b"retry in" in third.stderr
+    assert [m["content"] for m in d.call("history")["messages"] if m["role"] == "user"] == [
+        "one",
+        "two",
+    ]
+    assert d.agentctl("chat", "--new-session", "other", "fresh budget").returncode == 0

@@ -29,8 +29,14 @@ def test_keys_appear_in_no_output_channel(
 ) -> None:
     key_file = short_tmp / "db.key"
     key_file.write_text(DB_KEY + "\n")
-    d = make_daemon(gemini_env(fake_gemini, GEMINI_API_KEY=API_KEY, AGENTD_DB_KEY_FILE=str(key_file),
-                               AGENTD_LOG_LEVEL="DEBUG"))
+    d = make_daemon(
+        gemini_env(
+            fake_gemini,
+            GEMINI_API_KEY=API_KEY,
+            AGENTD_DB_KEY_FILE=str(key_file),
+            AGENTD_LOG_LEVEL="DEBUG",
+        )
+    )
     d.start()
     outputs: list[bytes] = []
 
@@ -42,13 +48,26 @@ def test_keys_appear_in_no_output_channel(
     run("chat", "hello")
     fake_gemini.set_default(unauthorized())  # the key is rejected: errors must not echo it
     run("chat", "--json", "again")
-    for args in (("status", "--json"), ("status",), ("health", "--json"), ("metrics", "--json"),
-                 ("metrics", "--prometheus"), ("logs", "-n", "1000", "--json"), ("audit", "--json"),
-                 ("history", "--json"), ("sessions", "--json")):
+    for args in (
+        ("status", "--json"),
+        ("status",),
+        ("health", "--json"),
+        ("metrics", "--json"),
+        ("metrics", "--prometheus"),
+        ("logs", "-n", "1000", "--json"),
+        ("audit", "--json"),
+        ("history", "--json"),
+        ("sessions", "--json"),
+    ):
         run(*args)
     run("chat", "--session", "no-such-session", "x")  # an error reply
-    check = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=d.env,
-                           capture_output=True, timeout=30, check=False)
+    check = subprocess.run(
+        [sys.executable, "-m", "agentd", "--check-config"],
+        env=d.env,
+        capture_output=True,
+        timeout=30,
+        check=False,
+    )
     outputs.extend([check.stdout, check.stderr])
     d.signal(signal.SIGTERM)
     assert d.wait_exit() == 0

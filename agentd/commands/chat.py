@@ -33,7 +33,7 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         await call.emit("chunk", {"text": text})
 
     reply = await runtime.chat.chat(
-        session, call.request_id, message, send_chunk if stream else None
+        session, call.request_id, message, send_chunk if stream else None, peer_uid=call.peer.uid
     )
     return reply.as_dict()
 
