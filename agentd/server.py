@@ -197,15 +197,11 @@ class Server:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
     ) -> None:
         while True:
-            header = await asyncio.wait_for(
-                reader.readexactly(HEADER.size), self._settings.idle_timeout_s
-            )
+            header = await _read(reader, HEADER.size, self._settings.idle_timeout_s)
             message: Any = None
             try:
                 length = frame_length(header, self._settings.max_frame_bytes)
-                body = await asyncio.wait_for(
-                    reader.readexactly(length), self._settings.frame_timeout_s
-                )
+                body = await _read(reader, length, self._settings.frame_timeout_s)
                 message = decode_body(body)
                 request = parse_request(message)
             except ProtocolError as exc:
@@ -263,6 +259,12 @@ async def _unless_peer_leaves(
         task.cancel()  # when the connection itself is cancelled (shutdown)
         hangup.cancel()
         await asyncio.gather(task, hangup, return_exceptions=True)
+
+
+async def _read(reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
+    # asyncio.timeout, not wait_for: no task per read on the hot path.
+    async with asyncio.timeout(timeout):
+        return await reader.readexactly(size)
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
