@@ -27,7 +27,7 @@ from agentd.errors import (
 )
 from agentd.lifecycle import SERVING, State
 from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
-from agentd.ratelimit import CHEAP
+from agentd.ratelimit import CHAT, CHEAP
 from agentd.runtime import Runtime
 from agentd.store.audit import AuditEvent
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
@@ -89,6 +89,11 @@ class Dispatcher:
         spec = COMMANDS.get(cmd)
         return spec is not None and spec.long_running
 
+    def must_finish(self, cmd: str) -> bool:
+        """Work a graceful stop waits for (chats); a log follow just ends."""
+        spec = COMMANDS.get(cmd)
+        return spec is not None and spec.cost == CHAT
+
     def _admit(self, call: Call) -> CommandSpec:
         spec = COMMANDS.get(call.request.cmd)
         if spec is None:
@@ -129,7 +134,7 @@ class Dispatcher:
             tokens_in=event.tokens_in,
             tokens_out=event.tokens_out,
         )
-        if spec is not None and spec.cost == "chat" and code is None:
+        if spec is not None and spec.cost == CHAT and code is None:
             try:  # an answered chat's row is committed before the reply leaves
                 await self._runtime.audit.record_now(event)
                 return
@@ -148,7 +153,7 @@ class Dispatcher:
         code: str | None,
         result: dict[str, Any],
     ) -> AuditEvent:
-        chat = spec is not None and spec.cost == "chat"
+        chat = spec is not None and spec.cost == CHAT
         model, tokens_in, tokens_out = (
             result.get("model"),
             result.get("tokens_in"),

@@ -218,14 +218,17 @@ class Server:
             if not self._dispatcher.is_long_running(request.cmd):
                 await _send(writer, await handling)
                 continue
-            self._begin_finishing()
+            must_finish = self._dispatcher.must_finish(request.cmd)  # a chat, not a log follow
+            if must_finish:
+                self._begin_finishing()
             try:
                 reply = await _unless_peer_leaves(handling, reader)
                 if reply is None:
                     return
                 await _send(writer, reply)
             finally:
-                self._end_finishing()
+                if must_finish:
+                    self._end_finishing()
 
     def _begin_finishing(self) -> None:
         self._finishing += 1

@@ -201,3 +201,25 @@ def test_default_socket_path_is_shared_by_daemon_and_client(short_tmp: Path) -> 
         wait_until(lambda: Path(default_socket_path(env)).exists(), 5, "the default socket")
     finally:
         run_agentctl(env, "stop")
+
+
+def test_open_log_follow_does_not_hold_up_a_graceful_stop(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    d = make_daemon({"AGENTD_DAEMON__SHUTDOWN_GRACE_S": "60"}).start()
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "agentctl", "logs", "--follow", "-n", "1"],
+        env=d.env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline()  # streaming
+        d.signal(signal.SIGTERM)
+        assert d.wait_exit(timeout=15) == 0  # far below the 60 s grace
+        follower.wait(15)
+    finally:
+        follower.kill()
+        follower.wait()
