@@ -7,6 +7,7 @@ and Gemini variables, and an empty config file so /etc/agentd is never read.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -64,6 +65,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
             return
         time.sleep(0.01)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def async_wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """wait_until for coroutines: poll with a deadline, yielding to the loop between looks."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -27,6 +27,7 @@ from agentd.providers.errors import (
 )
 from agentd.providers.gemini import GeminiProvider
 from agentd.providers.settings import ProviderSettings
+from tests.conftest import async_wait_until
 from tests.fake_gemini import (
     FakeGemini,
     answer,
@@ -297,7 +298,7 @@ def test_cancellation_propagates_out_of_a_pending_call(fake_gemini: FakeGemini) 
     async def scenario() -> None:
         async with gemini(settings_for(fake_gemini)) as provider:
             task = asyncio.create_task(provider.generate(request("hello")))
-            await wait_until(lambda: len(fake_gemini.requests) == 1)
+            await async_wait_until(lambda: len(fake_gemini.requests) == 1)
             task.cancel()
             await task
 
@@ -341,10 +342,3 @@ def test_probe_gets_the_model_and_raises_on_a_rejected_key(fake_gemini: FakeGemi
         ("GET", "get", MODEL), ("GET", "get", MODEL)]
 
 
-async def wait_until(condition: Any, timeout: float = 5.0) -> None:
-    """Poll `condition` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)

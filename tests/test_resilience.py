@@ -28,6 +28,7 @@ from agentd.providers.resilience import (
     ResilientProvider,
 )
 from agentd.providers.settings import ProviderSettings
+from tests.conftest import async_wait_until
 from tests.fake_gemini import (
     FakeGemini,
     answer,
@@ -569,7 +570,7 @@ def test_cancellation_propagates_and_frees_the_trial_slot(fake_gemini: FakeGemin
         await h.ask()
         h.clock.advance(30)
         task = asyncio.create_task(h.ask())
-        await wait_until(lambda: len(fake_gemini.requests) == 2)
+        await async_wait_until(lambda: len(fake_gemini.requests) == 2)
         task.cancel()
         try:
             await task
@@ -633,10 +634,3 @@ def test_statistics_count_every_outcome(fake_gemini: FakeGemini) -> None:
     assert stats.last_error_kind is ErrorKind.AUTH
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll `condition` until true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.01)
