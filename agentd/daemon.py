@@ -16,10 +16,10 @@ import signal
 import socket
 import uuid
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
-from agentd.access import build_policy
+from agentd.access import AccessPolicy, build_policy
 from agentd.chat import ChatPipeline
 from agentd.commands import load_commands
 from agentd.config import Config
@@ -243,7 +243,7 @@ class Daemon:
                 self.config.daemon.recovery_max_backoff_s,
             )
 
-    def _access_policy(self) -> Any:
+    def _access_policy(self) -> AccessPolicy:
         a = self.config.access
         try:
             return build_policy(
@@ -266,21 +266,29 @@ class Daemon:
         return sock
 
     def _start_background_tasks(self) -> None:
+        assert self.runtime is not None
         interval = watchdog_interval(self._environ)
         if interval:
-            self._tasks.append(
-                asyncio.create_task(run_watchdog(self._notifier, interval), name="watchdog")
-            )
-        assert self.runtime is not None
-        self._tasks.append(asyncio.create_task(HealthChecks(self.runtime).run(), name="health"))
-        self._tasks.append(
-            asyncio.create_task(self.runtime.metrics.run_loop_lag(), name="loop-lag")
-        )
+            self._spawn(run_watchdog(self._notifier, interval), "watchdog")
+        self._spawn(HealthChecks(self.runtime).run(), "health")
+        self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
-            self._tasks.append(
-                asyncio.create_task(self.runtime.provider.warm_up(), name="gemini-warm-up")
-            )
+            self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        task.add_done_callback(self._report_crash)
+        self._tasks.append(task)
+
+    def _report_crash(self, task: asyncio.Task[None]) -> None:
+        """A background task must not die silently: log it and show it in health."""
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        logger.critical("background task %s crashed", task.get_name(), exc_info=exc)
+        if self.runtime is not None:
+            self.runtime.health.report(task.get_name(), Level.FAILED, f"crashed: {exc!r}")
 
     # -- main loop ------------------------------------------------------------------
 
