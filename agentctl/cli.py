@@ -7,12 +7,11 @@ Exit statuses (agentctl/exits.py): 0 ok, 1 failed, 2 usage, 3 not running,
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -27,6 +26,9 @@ from agentctl.output import (
     state_colour,
 )
 from agentd.protocol import client_socket_path
+
+if TYPE_CHECKING:
+    import subprocess
 
 F = TypeVar("F", bound=Callable[..., Any])
 SERVING = ("READY", "PROCESSING")
@@ -153,6 +155,8 @@ def start(timeout: float) -> None:
 
 
 def _launch(opts: Options, timeout: float) -> dict[str, Any]:
+    import subprocess  # only `start` spawns: keep it off every other command's path
+
     env = {**os.environ, "AGENTD_SOCKET": opts.socket}
     process = subprocess.Popen(
         [sys.executable, "-m", "agentd", "--detached"],

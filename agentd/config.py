@@ -11,6 +11,7 @@ never part of the config: only the *paths* of key files are (see secrets.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import tomllib
 import types
@@ -71,7 +72,7 @@ class ChatSettings:
     max_prompt_bytes: int = 200_000  # UTF-8 bytes of one prompt (stdin and argument together)
     max_concurrent: int = 8  # chats at the provider at once
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
-    history_max_turns: int = 200  # exchanges read from the store before the token budget applies
+    history_max_turns: int = 50  # exchanges read from the store before the token budget applies
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
+@functools.cache
 def _field_types() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, cls in SECTIONS.items():

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -194,6 +193,8 @@ def default_socket_path(environ: Mapping[str, str]) -> str:
     xdg = environ.get("XDG_RUNTIME_DIR")
     if xdg:
         return os.path.join(xdg, "agentd", "agentd.sock")
+    import tempfile  # only for shells without a runtime directory: off the client's usual path
+
     return os.path.join(tempfile.gettempdir(), f"agentd-{os.getuid()}", "agentd.sock")
 
 
@@ -211,4 +212,3 @@ def client_socket_path(environ: Mapping[str, str]) -> str:
     if environ.get("AGENTD_SOCKET") or os.path.exists(own) or not os.path.exists(SYSTEM_SOCKET):
         return own
     return SYSTEM_SOCKET
-

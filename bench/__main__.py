@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Final
 
 from bench.harness import PYTHON, REPO
-from bench.report import BenchResult, git_state, print_result, print_summary, write_json
+from bench.report import BenchResult, host_info, print_result, print_summary, write_json
 
 BENCHES: Final = (
     "client_latency",
@@ -44,14 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in BENCHES:
             print(f"{name:18} {load(name).SUMMARY}")
         return 0
-    started = time.time()
+    started, host = time.time(), host_info()
     print(f"agentd benches{' (quick: reduced counts, not figures to quote)' if args.quick else ''}; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start; "
-          f"agentd at {git_state()}")
+          f"agentd at {host['git']}")
     compile_bytecode()
     results = [run_one(name, args.quick) for name in (args.names or BENCHES)]
     print_summary(results)
-    path = write_json(results, args.quick, started)
+    path = write_json(results, args.quick, started, host)
     print(f"\nresults: {path.relative_to(REPO)} (and bench/results/latest.json); "
           f"{time.time() - started:.0f} s in all")
     return 0

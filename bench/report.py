@@ -173,13 +173,13 @@ def git_state() -> str:
     return f"{head}{' + uncommitted changes in agentd/agentctl' if dirty else ''}"
 
 
-def write_json(results: list[BenchResult], quick: bool, started: float) -> Path:
-    """bench/results/<timestamp>.json, and latest.json beside it."""
+def write_json(results: list[BenchResult], quick: bool, started: float, host: dict[str, Any]) -> Path:
+    """bench/results/<timestamp>.json, and latest.json beside it; ``host`` as it was at the start."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(started))
     document = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "quick": quick, "host": host_info(),
+        "quick": quick, "host": host,
         "benches": {r.name: r.as_dict() for r in results},
     }
     text = json.dumps(document, indent=2, default=str)

@@ -143,6 +143,10 @@ def setup_logging(level: str, ring_size: int, *, journal: bool) -> LogSinks:
     for handler in list(root.handlers):
         root.removeHandler(handler)
     root.setLevel(level.upper())
+    for chatty in ("httpx2", "httpcore2", "httpx", "httpcore"):
+        # One "HTTP Request: POST ..." line per provider call is noise; our own records
+        # already carry model, latency and outcome.
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     context = ContextFilter()
     ring = LogRing(ring_size)
     stderr: logging.Handler
