@@ -63,10 +63,10 @@ SYSTEM_PYTHON: Final = "/usr/bin/python3"
 UNREACHABLE_GEMINI: Final = "http://127.0.0.1:9"
 FAKE_GEMINI_PORT: Final = 8089  # the lab has its own network namespace: no clash possible
 
-# Runs as PID 1 of the new namespaces (argv: mount point, fixtures dir), then execs systemd.
+# Runs as PID 1 of the new namespaces (argv: mount point, fixtures dir, checkout), then execs systemd.
 INNER_SH: Final = r"""#!/bin/bash
 set -euo pipefail
-MP=$1 FIX=$2
+MP=$1 FIX=$2 REPO=$3
 mount -t tmpfs -o mode=755,size=1g tmpfs "$MP"
 mkdir -p "$MP"/upper "$MP"/work "$MP"/root
 mount -t overlay overlay -o lowerdir=/,upperdir="$MP/upper",workdir="$MP/work" "$MP/root"
@@ -90,6 +90,11 @@ for i in 0:stdin 1:stdout 2:stderr; do ln -s "/proc/self/fd/${i%%:*}" "$R/dev/${
 if t=$(tty 2>/dev/null); then : > "$R/dev/console"; mount --bind "$t" "$R/dev/console"; fi
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+# A checkout under /tmp or /run (CI clones there) would vanish under the fresh
+# tmpfs: show it at its own path, read-only, like every other host path.
+case "$REPO" in /tmp/*|/run/*)
+  mkdir -p "$R$REPO"; mount --bind "$REPO" "$R$REPO"; mount -o remount,bind,ro "$R$REPO";;
+esac
 cp "$FIX/lab.target" "$R/etc/systemd/system/"
 for u in dev-hugepages.mount sys-fs-fuse-connections.mount sys-kernel-config.mount; do
   ln -sf /dev/null "$R/etc/systemd/system/$u"; done
@@ -280,7 +285,7 @@ class SystemdLab:
             f"exec timeout -s KILL {self.max_lifetime_s} "
             "unshare --pid --fork --kill-child --mount --uts --ipc --net --cgroup "
             "--propagation private "
-            f'/bin/bash "{work}/inner.sh" "{work}/mp" "{work}/fix"\n'
+            f'/bin/bash "{work}/inner.sh" "{work}/mp" "{work}/fix" "{REPO}"\n'
         )
         # script(1) gives systemd a terminal for /dev/console; its log is the boot console.
         self._script = subprocess.Popen(
@@ -585,6 +590,10 @@ class SystemdLab:
         """
         self._make_lab_venv()
         dropin = f"[Service]\nEnvironment=AGENTD_GEMINI_BASE_URL={gemini_base_url}\n"
+        if REPO.is_relative_to("/tmp") or REPO.is_relative_to("/run"):
+            # The units' PrivateTmp= would hide a checkout under /tmp (CI clones there),
+            # and the lab venv imports agentd from the checkout by its absolute path.
+            dropin += f"BindReadOnlyPaths={REPO}\n"
         for unit in ("agentd.service", "agentd@.service"):
             self.write_file(f"/etc/systemd/system/{unit}.d/50-lab.conf", dropin)
         # install.sh ends with the daemon-reload that loads the units and the drop-ins.
