@@ -294,15 +294,13 @@ def main() -> None:
     cli(prog_name="agentctl")
 
 
-from agentctl.ops import register  # noqa: E402  (ops builds on the helpers above)
-
-register(cli)
-
-
 def _register_commands() -> None:
-    from agentctl import conversation
+    """The conversation and operations commands live in their own modules, which build
+    on the helpers above (so they are imported last)."""
+    from agentctl import conversation, ops
 
     conversation.register(cli)
+    ops.register(cli)
 
 
 _register_commands()

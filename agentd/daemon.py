@@ -15,7 +15,6 @@ import resource
 import signal
 import socket
 import uuid
-from collections import Counter
 from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
@@ -139,9 +138,7 @@ class Daemon:
         except ConfigError as exc:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
-        agent_id, session_id, lifetime, interrupted = await self._db.run(
-            _restore, self.config.profile
-        )
+        agent_id, session_id, interrupted = await self._db.run(_restore, self.config.profile)
         logger.info(
             "store open: %s (%d migrations applied now, key from %s)",
             self.paths.database,
@@ -181,7 +178,6 @@ class Daemon:
             agent_id=agent_id,
             session_id=session_id,
             request_stop=self.request_stop,
-            lifetime=lifetime,
             metrics=metrics,
             alerts=AlertBoard(),
             audit=AuditWriter(self._db),
@@ -189,6 +185,7 @@ class Daemon:
             key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
         )
         await restore_counters(self.runtime)
+        self.runtime.metrics.starts.inc()
         await self.runtime.audit.start()
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
@@ -379,19 +376,15 @@ class Daemon:
                 self.paths.socket.unlink()
 
 
-def _restore(conn: Any, profile: str) -> tuple[str, str, Counter[str], int]:
-    """The agent id, current session and lifetime counters of the previous run, or new ones;
-    chats the previous run left pending (a crash) are marked interrupted."""
+def _restore(conn: Any, profile: str) -> tuple[str, str, int]:
+    """The agent id and current session of the previous run, or new ones; chats the
+    previous run left pending (a crash) are marked interrupted."""
     agent_id = state.get_value(conn, "agent_id") or "a-" + uuid.uuid4().hex[:16]
     session_id = state.get_value(conn, "current_session")
     if not session_id or sessions.find(conn, session_id) is None:
         session_id = sessions.create(conn, name=None).id
-    lifetime: Counter[str] = Counter(state.get_value(conn, "lifetime") or {})
-    lifetime["starts"] += 1
-    state.put_values(
-        conn, {"agent_id": agent_id, "current_session": session_id, "lifetime": dict(lifetime)}
-    )
-    return agent_id, session_id, lifetime, messages.interrupt_pending(conn)
+    state.put_values(conn, {"agent_id": agent_id, "current_session": session_id})
+    return agent_id, session_id, messages.interrupt_pending(conn)
 
 
 def _raise_fd_limit() -> None:

@@ -176,7 +176,6 @@ class Dispatcher:
 
     def _log_outcome(self, call: Call, started: float, code: str | None) -> None:
         latency_ms = (time.monotonic() - started) * 1000
-        self._runtime.lifetime["requests_total"] += 1
         logger.debug(
             "%s %s",
             call.request.cmd,

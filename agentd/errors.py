@@ -11,8 +11,7 @@ AgentdError                      root; never escapes to the wire untranslated
 │   ├── RateLimited              RATE_LIMITED (retry_after)
 │   ├── Busy                     BUSY
 │   ├── ShuttingDown             SHUTTING_DOWN
-│   ├── NotFound                 NOT_FOUND
-│   └── ProviderFailed           PROVIDER_ERROR
+│   └── NotFound                 NOT_FOUND
 ├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
 └── AlreadyRunning               a live daemon owns the socket
 """
@@ -88,7 +87,3 @@ class ShuttingDown(RequestError):
 
 class NotFound(RequestError):
     code = ErrorCode.NOT_FOUND
-
-
-class ProviderFailed(RequestError):
-    code = ErrorCode.PROVIDER_ERROR

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,6 @@ class Runtime:
     audit: AuditWriter  # one row per request; chat rows committed before the reply
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
     key_check: GeminiKeyCheck  # the cached result of provider.check_key()
-    lifetime: Counter[str] = field(default_factory=Counter)  # survives restarts
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     version: str = __version__

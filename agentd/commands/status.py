@@ -37,5 +37,5 @@ async def status(runtime: Runtime, call: Call) -> dict[str, Any]:
         "components": runtime.health.snapshot(),
         "alerts": runtime.alerts.snapshot(),
         "failing": dict(runtime.lifecycle.failing()),
-        "lifetime": dict(runtime.lifetime),
+        "lifetime": runtime.metrics.lifetime_totals(),
     }

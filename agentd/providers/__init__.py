@@ -60,5 +60,6 @@ def create_provider(
     on_breaker_change: OnStateChange | None = None,
 ) -> ResilientProvider:
     """The production provider: Gemini behind the resilience layer, real time and randomness."""
-    return ResilientProvider(GeminiProvider(settings, api_key), settings,
-                             on_breaker_change=on_breaker_change)
+    return ResilientProvider(
+        GeminiProvider(settings, api_key), settings, on_breaker_change=on_breaker_change
+    )

@@ -221,7 +221,9 @@ def _from_api_error(exc: Any) -> ProviderError:
     if retry_after is None:
         retry_after = _retry_delay_detail(details)
     return error_for_status(
-        int(exc.code or 0), str(exc.message or exc.status or ""), reason=reason,
+        int(exc.code or 0),
+        str(exc.message or exc.status or ""),
+        reason=reason,
         retry_after=retry_after,
     )
 
@@ -230,7 +232,8 @@ def _from_http_status_error(exc: Any) -> ProviderError:
     """httpx2.HTTPStatusError (raise_for_status) -> ours."""
     response = exc.response
     return error_for_status(
-        response.status_code, response.reason_phrase,
+        response.status_code,
+        response.reason_phrase,
         retry_after=_retry_after_header(response),
     )
 
@@ -299,17 +302,24 @@ def _genai_rules() -> list[Rule]:
 
     return [
         Rule(genai_errors.APIError, _from_api_error),
-        Rule(genai_errors.UnknownApiResponseError,
-             _always(MalformedResponse, "the service sent a body that is not JSON")),
+        Rule(
+            genai_errors.UnknownApiResponseError,
+            _always(MalformedResponse, "the service sent a body that is not JSON"),
+        ),
         Rule(genai_errors.ContinuationInterruptedError, _from_continuation),
         # Function calling is never enabled by agentd; if it ever fires, the
         # request was wrong, and retrying it would not help.
-        Rule(genai_errors.UnknownFunctionCallArgumentError,
-             _always(InvalidRequest, "function calling failed")),
-        Rule(genai_errors.UnsupportedFunctionError,
-             _always(InvalidRequest, "function calling failed")),
-        Rule(genai_errors.FunctionInvocationError,
-             _always(InvalidRequest, "function calling failed")),
+        Rule(
+            genai_errors.UnknownFunctionCallArgumentError,
+            _always(InvalidRequest, "function calling failed"),
+        ),
+        Rule(
+            genai_errors.UnsupportedFunctionError,
+            _always(InvalidRequest, "function calling failed"),
+        ),
+        Rule(
+            genai_errors.FunctionInvocationError, _always(InvalidRequest, "function calling failed")
+        ),
     ]
 
 
@@ -319,14 +329,20 @@ def _httpx2_rules() -> list[Rule]:
     rules = [
         Rule(httpx2.HTTPStatusError, _from_http_status_error),
         Rule(httpx2.TimeoutException, _always(ProviderTimeout, "the request timed out")),
-        Rule(httpx2.UnsupportedProtocol,
-             _always(InvalidRequest, "the base_url scheme is not http or https")),
+        Rule(
+            httpx2.UnsupportedProtocol,
+            _always(InvalidRequest, "the base_url scheme is not http or https"),
+        ),
         # Our side broke HTTP (e.g. a key with a newline in a header): retrying
         # sends the same bytes again.
-        Rule(httpx2.LocalProtocolError,
-             _always(InvalidRequest, "the request could not be sent as valid HTTP")),
-        Rule(httpx2.DecodingError,
-             _always(MalformedResponse, "the response body could not be decoded")),
+        Rule(
+            httpx2.LocalProtocolError,
+            _always(InvalidRequest, "the request could not be sent as valid HTTP"),
+        ),
+        Rule(
+            httpx2.DecodingError,
+            _always(MalformedResponse, "the response body could not be decoded"),
+        ),
         Rule(httpx2.TooManyRedirects, _always(TransientError, "too many redirects")),
         Rule(httpx2.NetworkError, _always(TransientError, "network error")),
         Rule(httpx2.TransportError, _always(TransientError, "connection failed")),
@@ -349,10 +365,14 @@ def _httpcore2_rules() -> list[Rule]:
 
     return [
         Rule(httpcore2.TimeoutException, _always(ProviderTimeout, "the request timed out")),
-        Rule(httpcore2.UnsupportedProtocol,
-             _always(InvalidRequest, "the base_url scheme is not http or https")),
-        Rule(httpcore2.LocalProtocolError,
-             _always(InvalidRequest, "the request could not be sent as valid HTTP")),
+        Rule(
+            httpcore2.UnsupportedProtocol,
+            _always(InvalidRequest, "the base_url scheme is not http or https"),
+        ),
+        Rule(
+            httpcore2.LocalProtocolError,
+            _always(InvalidRequest, "the request could not be sent as valid HTTP"),
+        ),
         Rule(httpcore2.ProtocolError, _always(TransientError, "the server broke HTTP")),
         Rule(httpcore2.NetworkError, _always(TransientError, "network error")),
         Rule(httpcore2.ProxyError, _always(TransientError, "the proxy failed")),
@@ -369,8 +389,10 @@ def _python_rules() -> list[Rule]:
         # The SDK parses bodies with json.loads and validates them with pydantic.
         Rule(json.JSONDecodeError, _always(MalformedResponse, "the service sent invalid JSON")),
         Rule(UnicodeDecodeError, _always(MalformedResponse, "the service sent invalid UTF-8")),
-        Rule(pydantic.ValidationError,
-             _always(MalformedResponse, "the service sent an unexpected body")),
+        Rule(
+            pydantic.ValidationError,
+            _always(MalformedResponse, "the service sent an unexpected body"),
+        ),
         # Library warnings (httpx2's deprecations, genai's ExperimentalWarning)
         # are only raised when a warnings filter says "error": a setup
         # problem that retrying cannot fix.

@@ -34,10 +34,18 @@ logger = logging.getLogger(__name__)
 
 # Finish reasons meaning a filter stopped the answer, as opposed to STOP,
 # MAX_TOKENS or a technical end.
-_BLOCKING_FINISH_REASONS = frozenset({
-    "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII",
-    "IMAGE_SAFETY", "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION",
-})
+_BLOCKING_FINISH_REASONS = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+    }
+)
 _MAX_TOKENS_NOTICE = "The answer was cut short by the max_output_tokens limit."
 
 NO_KEY_MESSAGE = (
@@ -51,8 +59,9 @@ NO_KEY_MESSAGE = (
 class GeminiProvider(Provider):
     """One Gemini call per generate(); construct, then `warm_up()` or just use."""
 
-    def __init__(self, settings: ProviderSettings, api_key: str | None, *,
-                 tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, settings: ProviderSettings, api_key: str | None, *, tls: ssl.SSLContext | None = None
+    ) -> None:
         """`tls`: the TLS context for HTTPS (e.g. a private CA behind a proxy);
         None builds the SDK's default one, which costs ~100 ms of CA loading."""
         self._settings = settings
@@ -130,13 +139,15 @@ class GeminiProvider(Provider):
         if self._client is None:
             async with self._client_lock:
                 if self._client is None:
-                    self._client = await asyncio.to_thread(_build_client, self._settings,
-                                                           self._api_key, self._tls)
+                    self._client = await asyncio.to_thread(
+                        _build_client, self._settings, self._api_key, self._tls
+                    )
         return self._client
 
 
-def _build_client(settings: ProviderSettings, api_key: str,
-                  tls: ssl.SSLContext | None) -> genai.Client:
+def _build_client(
+    settings: ProviderSettings, api_key: str, tls: ssl.SSLContext | None
+) -> genai.Client:
     """Import the SDK and build its client; runs on a worker thread (slow import)."""
     started = time.monotonic()
     from google import genai
@@ -155,7 +166,8 @@ def _build_client(settings: ProviderSettings, api_key: str,
     )
     client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
     logger.info(
-        "gemini client ready in %.0f ms", (time.monotonic() - started) * 1000,
+        "gemini client ready in %.0f ms",
+        (time.monotonic() - started) * 1000,
         extra={"base_url": settings.base_url or "default", "api_version": settings.api_version},
     )
     return client
@@ -257,8 +269,7 @@ def _answer(
 ) -> Answer:
     text, notice = text_and_notice
     tokens_in, tokens_out = _token_counts(usage)
-    return Answer(text=text, model=model, tokens_in=tokens_in, tokens_out=tokens_out,
-                  notice=notice)
+    return Answer(text=text, model=model, tokens_in=tokens_in, tokens_out=tokens_out, notice=notice)
 
 
 def _token_counts(usage: types.GenerateContentResponseUsageMetadata | None) -> tuple[int, int]:

@@ -197,10 +197,17 @@ class CircuitBreaker:
     def _move_to(self, new: BreakerState) -> None:
         old, self._state = self._state, new
         log = logger.warning if new is BreakerState.OPEN else logger.info
-        log("circuit breaker %s -> %s", old, new, extra={
-            "breaker_old": str(old), "breaker_new": str(new),
-            "consecutive_failures": self._consecutive_failures, "trips": self._trips,
-        })
+        log(
+            "circuit breaker %s -> %s",
+            old,
+            new,
+            extra={
+                "breaker_old": str(old),
+                "breaker_new": str(new),
+                "consecutive_failures": self._consecutive_failures,
+                "trips": self._trips,
+            },
+        )
         if self._on_state_change is not None:
             self._on_state_change(old, new)
 
@@ -310,8 +317,10 @@ class ResilientProvider(Provider):
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._breaker = CircuitBreaker(
-            settings.breaker_failure_threshold, settings.breaker_cooldown_s,
-            clock=clock, on_state_change=on_breaker_change,
+            settings.breaker_failure_threshold,
+            settings.breaker_cooldown_s,
+            clock=clock,
+            on_state_change=on_breaker_change,
         )
         self._counts: Counter[str] = Counter()
         self._errors: Counter[str] = Counter()
@@ -326,7 +335,8 @@ class ResilientProvider(Provider):
         call = _Call(
             request=replace(request, model=request.model or self._settings.model),
             relay=_Relay(on_chunk) if on_chunk is not None else None,
-            started=now, deadline_at=now + self._settings.deadline_s,
+            started=now,
+            deadline_at=now + self._settings.deadline_s,
         )
         self._counts["requests"] += 1
         answer = await self._run(call)
@@ -369,10 +379,14 @@ class ResilientProvider(Provider):
     def statistics(self) -> ProviderStatistics:
         counts = self._counts
         return ProviderStatistics(
-            requests=counts["requests"], answered=counts["answered"],
-            attempts=counts["attempts"], retries=counts["retries"],
-            fallbacks=counts["fallbacks"], degraded=counts["degraded"],
-            blocked=counts["blocked"], trimmed=counts["trimmed"],
+            requests=counts["requests"],
+            answered=counts["answered"],
+            attempts=counts["attempts"],
+            retries=counts["retries"],
+            fallbacks=counts["fallbacks"],
+            degraded=counts["degraded"],
+            blocked=counts["blocked"],
+            trimmed=counts["trimmed"],
             errors=types.MappingProxyType(dict(self._errors)),
             last_error_kind=self._last_error_kind,
             breaker=self._breaker.statistics(),
@@ -433,8 +447,13 @@ class ResilientProvider(Provider):
                 if delay is None:
                     raise
                 self._counts["retries"] += 1
-                logger.info("retrying %s in %.2fs after %s", model, delay, exc.kind,
-                            extra={**self._extra(call, model), "delay_s": round(delay, 3)})
+                logger.info(
+                    "retrying %s in %.2fs after %s",
+                    model,
+                    delay,
+                    exc.kind,
+                    extra={**self._extra(call, model), "delay_s": round(delay, 3)},
+                )
                 await self._sleep(delay)
 
     def _retry_delay(self, exc: ProviderError, failures: int, stop_at: float) -> float | None:
@@ -501,9 +520,18 @@ class ResilientProvider(Provider):
             self._breaker.record_failure(exc.kind)
         else:
             self._breaker.record_success()  # the service answered; the request was the problem
-        logger.warning("attempt %d on %s failed: %s", call.attempts, model, exc.kind,
-                       extra={**self._extra(call, model), "error_kind": str(exc.kind),
-                              "status": exc.status, "reason": exc.reason})
+        logger.warning(
+            "attempt %d on %s failed: %s",
+            call.attempts,
+            model,
+            exc.kind,
+            extra={
+                **self._extra(call, model),
+                "error_kind": str(exc.kind),
+                "status": exc.status,
+                "reason": exc.reason,
+            },
+        )
 
     def _trim(self, call: _Call) -> bool:
         """Drop the oldest half of the history, once per request; False if nothing can go."""
@@ -529,8 +557,11 @@ class ResilientProvider(Provider):
         self._counts["answered"] += 1
         self._fallback_active = fallback_used
         self._note_health(None)
-        notice = _join(call.trim_notice, answer.notice,
-                       f"Answered by the fallback model {answer.model}." if fallback_used else None)
+        notice = _join(
+            call.trim_notice,
+            answer.notice,
+            f"Answered by the fallback model {answer.model}." if fallback_used else None,
+        )
         return replace(answer, attempts=call.attempts, fallback_used=fallback_used, notice=notice)
 
     def _failed(self, call: _Call, model: str, error: ProviderError) -> Answer:
@@ -538,28 +569,45 @@ class ResilientProvider(Provider):
             return self._cut_off(call, model, error)
         if error.kind is ErrorKind.BLOCKED:
             self._counts["blocked"] += 1
-            return Answer(text=_blocked_text(error), model=model, attempts=call.attempts,
-                          notice=call.trim_notice, error_kind=str(error.kind))
+            return Answer(
+                text=_blocked_text(error),
+                model=model,
+                attempts=call.attempts,
+                notice=call.trim_notice,
+                error_kind=str(error.kind),
+            )
         self._note_health(error)
         return self._degraded(call, model, error)
 
     def _degraded(self, call: _Call, model: str, error: ProviderError) -> Answer:
         self._counts["degraded"] += 1
-        return Answer(text=degraded_text(error, self._settings), model=model, degraded=True,
-                      attempts=call.attempts, notice=call.trim_notice,
-                      error_kind=str(error.kind))
+        return Answer(
+            text=degraded_text(error, self._settings),
+            model=model,
+            degraded=True,
+            attempts=call.attempts,
+            notice=call.trim_notice,
+            error_kind=str(error.kind),
+        )
 
     def _cut_off(self, call: _Call, model: str, error: ProviderError) -> Answer:
         """A stream broke after text went out: keep what the user already has."""
         self._counts["degraded"] += 1
         self._note_health(error)
-        why = ("the rest was withheld by the safety filters" if error.kind is ErrorKind.BLOCKED
-               else f"the model stopped answering ({error})")
+        why = (
+            "the rest was withheld by the safety filters"
+            if error.kind is ErrorKind.BLOCKED
+            else f"the model stopped answering ({error})"
+        )
         assert call.relay is not None
-        return Answer(text="".join(call.relay.pieces), model=model, degraded=True,
-                      attempts=call.attempts,
-                      notice=_join(call.trim_notice, f"The answer was cut off: {why}."),
-                      error_kind=str(error.kind))
+        return Answer(
+            text="".join(call.relay.pieces),
+            model=model,
+            degraded=True,
+            attempts=call.attempts,
+            notice=_join(call.trim_notice, f"The answer was cut off: {why}."),
+            error_kind=str(error.kind),
+        )
 
     # -- bookkeeping
 
@@ -579,9 +627,11 @@ class ResilientProvider(Provider):
         breaker = self._breaker.statistics()
         latest = self._health_problem
         if breaker.state is BreakerState.OPEN:
-            return Health(HealthStatus.FAILED,
-                          f"circuit breaker open: {breaker.consecutive_failures} consecutive"
-                          f" failures (last: {breaker.last_failure_kind})")
+            return Health(
+                HealthStatus.FAILED,
+                f"circuit breaker open: {breaker.consecutive_failures} consecutive"
+                f" failures (last: {breaker.last_failure_kind})",
+            )
         if latest is not None and latest.kind is ErrorKind.AUTH:
             return Health(HealthStatus.FAILED, "API key rejected")
         if latest is not None and latest.kind is ErrorKind.NOT_FOUND:
@@ -591,8 +641,9 @@ class ResilientProvider(Provider):
         if latest is not None:
             return Health(HealthStatus.DEGRADED, f"recent failure: {latest.kind}")
         if self._fallback_active:
-            return Health(HealthStatus.DEGRADED,
-                          "the primary model is failing; the fallback model answers")
+            return Health(
+                HealthStatus.DEGRADED, "the primary model is failing; the fallback model answers"
+            )
         return Health(HealthStatus.OK, "ok")
 
     async def _probe_through_breaker(self) -> ProviderError | None:
@@ -626,16 +677,31 @@ class ResilientProvider(Provider):
         return {"request_id": call.request.request_id, "model": model, "attempt": call.attempts}
 
     def _log_outcome(self, call: _Call, answer: Answer) -> None:
-        outcome = ("degraded" if answer.degraded else "blocked" if answer.error_kind
-                   else "fallback" if answer.fallback_used else "ok")
+        outcome = (
+            "degraded"
+            if answer.degraded
+            else "blocked"
+            if answer.error_kind
+            else "fallback"
+            if answer.fallback_used
+            else "ok"
+        )
         logger.info(
-            "request %s: %s from %s after %d attempt(s)", call.request.request_id, outcome,
-            answer.model, answer.attempts,
-            extra={**self._extra(call, answer.model), "outcome": outcome,
-                   "error_kind": answer.error_kind, "attempts": answer.attempts,
-                   "elapsed_ms": round((self._clock() - call.started) * 1000),
-                   "tokens_in": answer.tokens_in, "tokens_out": answer.tokens_out,
-                   "answer_chars": len(answer.text)},
+            "request %s: %s from %s after %d attempt(s)",
+            call.request.request_id,
+            outcome,
+            answer.model,
+            answer.attempts,
+            extra={
+                **self._extra(call, answer.model),
+                "outcome": outcome,
+                "error_kind": answer.error_kind,
+                "attempts": answer.attempts,
+                "elapsed_ms": round((self._clock() - call.started) * 1000),
+                "tokens_in": answer.tokens_in,
+                "tokens_out": answer.tokens_out,
+                "answer_chars": len(answer.text),
+            },
         )
 
 
@@ -648,21 +714,29 @@ def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
     if kind is ErrorKind.NO_KEY:
         return f"[degraded] {error}"
     if kind is ErrorKind.AUTH:
-        return ("[degraded] The Gemini API key was rejected "
-                f"({error}). Check that the key is valid and allowed to use the Gemini API, "
-                "then restart agentd.")
+        return (
+            "[degraded] The Gemini API key was rejected "
+            f"({error}). Check that the key is valid and allowed to use the Gemini API, "
+            "then restart agentd."
+        )
     if kind is ErrorKind.UNAVAILABLE:
-        return (f"[degraded] The Gemini model is unreachable: {error}. "
-                "agentd keeps checking and will answer normally once it is back.")
+        return (
+            f"[degraded] The Gemini model is unreachable: {error}. "
+            "agentd keeps checking and will answer normally once it is back."
+        )
     if kind is ErrorKind.RATE_LIMITED:
         wait = f" Try again in {error.retry_after:.0f}s." if error.retry_after else ""
         return f"[degraded] Gemini is rate-limiting this key (quota exhausted).{wait}"
     if kind is ErrorKind.NOT_FOUND:
-        return (f"[degraded] The model {settings.model!r} was not found ({error}). "
-                "Check `model` and `fallback_model` in the [gemini] configuration.")
+        return (
+            f"[degraded] The model {settings.model!r} was not found ({error}). "
+            "Check `model` and `fallback_model` in the [gemini] configuration."
+        )
     if kind is ErrorKind.CONTEXT_TOO_LONG:
-        return ("[degraded] This message is too long for the model, even without the earlier "
-                "conversation. Send a shorter message or start a new session.")
+        return (
+            "[degraded] This message is too long for the model, even without the earlier "
+            "conversation. Send a shorter message or start a new session."
+        )
     if kind is ErrorKind.INVALID_REQUEST:
         return f"[degraded] Gemini refused the request as invalid ({error})."
     return f"[degraded] The Gemini model is unreachable right now ({error}). Try again shortly."
@@ -670,8 +744,10 @@ def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
 
 def _blocked_text(error: ProviderError) -> str:
     reason = f" (reason: {error.reason})" if error.reason else ""
-    return ("[blocked] Gemini's safety filters blocked this exchange"
-            f"{reason}. Rephrasing the message may help.")
+    return (
+        "[blocked] Gemini's safety filters blocked this exchange"
+        f"{reason}. Rephrasing the message may help."
+    )
 
 
 def _key_status(error: ProviderError) -> KeyStatus:

@@ -68,15 +68,27 @@ class ProviderSettings:
             ("deadline_s", self.deadline_s > 0, "must be greater than 0"),
             ("max_attempts", self.max_attempts >= 1, "must be at least 1"),
             ("backoff_base_s", self.backoff_base_s >= 0, "must not be negative"),
-            ("backoff_max_s", self.backoff_max_s >= self.backoff_base_s,
-             "must be at least backoff_base_s"),
-            ("breaker_failure_threshold", self.breaker_failure_threshold >= 1,
-             "must be at least 1"),
+            (
+                "backoff_max_s",
+                self.backoff_max_s >= self.backoff_base_s,
+                "must be at least backoff_base_s",
+            ),
+            (
+                "breaker_failure_threshold",
+                self.breaker_failure_threshold >= 1,
+                "must be at least 1",
+            ),
             ("breaker_cooldown_s", self.breaker_cooldown_s >= 0, "must not be negative"),
-            ("temperature", self.temperature is None or 0 <= self.temperature <= 2,
-             "must be between 0 and 2"),
-            ("max_output_tokens", self.max_output_tokens is None or self.max_output_tokens >= 1,
-             "must be at least 1"),
+            (
+                "temperature",
+                self.temperature is None or 0 <= self.temperature <= 2,
+                "must be between 0 and 2",
+            ),
+            (
+                "max_output_tokens",
+                self.max_output_tokens is None or self.max_output_tokens >= 1,
+                "must be at least 1",
+            ),
             ("context_token_budget", self.context_token_budget >= 1, "must be at least 1"),
         ]
         return [(name, message) for name, ok, message in checks if not ok]

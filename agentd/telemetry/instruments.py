@@ -131,6 +131,9 @@ class Instruments:
             ("command", "outcome"),
             lifetime=True,
         )
+        self.starts = r.counter(
+            "starts_total", "Times agentd started on this store.", lifetime=True
+        )
         self.rate = r.sliding_rate("requests_per_minute", "Requests over the last 60 seconds.")
         self.errors = r.error_rate(
             "error_ratio",
@@ -213,6 +216,13 @@ class Instruments:
         )
 
     # -- pushed by the request path ------------------------------------------------
+
+    def lifetime_totals(self) -> dict[str, int]:
+        """The headline totals since the store was created, for `status`."""
+        return {
+            "starts": int(self.starts.value()),
+            "requests_total": int(sum(value for _, value in self.requests.samples())),
+        }
 
     def record_request(
         self,
@@ -398,8 +408,4 @@ async def restore_counters(runtime: Runtime) -> None:
 async def save_counters(runtime: Runtime) -> None:
     """Persist every lifetime counter (a real write: the health check's too)."""
     runtime.metrics.refresh(readings_of(runtime))
-    values = {
-        "lifetime": dict(runtime.lifetime),
-        "metrics_lifetime": runtime.metrics.export_lifetime(),
-    }
-    await runtime.db.run(state.put_values, values)
+    await runtime.db.run(state.put_values, {"metrics_lifetime": runtime.metrics.export_lifetime()})
