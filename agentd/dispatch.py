@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentd.access import Peer, Role
 from agentd.commands import COMMANDS, Call, CommandSpec, Emit
@@ -44,46 +44,73 @@ def new_request_id() -> str:
     return f"r-{_RUN_PREFIX}{next(_request_numbers):08x}"
 
 
+class Finished(NamedTuple):
+    """One request as it ended: what metrics, the audit row and the log line need."""
+
+    call: Call
+    spec: CommandSpec | None  # None: the command is unknown
+    arrived: float  # wall clock
+    started: float  # monotonic
+    code: str | None  # None: ok
+    result: dict[str, Any]
+
+
 class Dispatcher:
+    """Runs requests: `answer_now` for handlers that never wait, `handle` for the rest."""
+
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    async def handle(self, request: Request, peer: Peer, emit: Emit) -> dict[str, Any]:
-        call = Call(request, new_request_id(), peer, emit)
-        request_id_var.set(call.request_id)
-        session_id_var.set(None)
-        peer_uid_var.set(peer.uid)
+    def answer_now(self, request: Request, peer: Peer) -> dict[str, Any] | None:
+        """The reply of a request whose handler never waits (status, ping...), computed
+        at once; None when the request must go through `handle` instead.
+
+        No task and no await: this is what keeps `status` cheap (docs/performance.md).
+        Its audit row is queued without waiting, so when the audit queue is full the
+        request goes through `handle`, which waits for room.
+        """
+        spec = COMMANDS.get(request.cmd)
+        if spec is None or spec.answer is None or not self._runtime.audit.has_room():
+            return None
+        call = self._begin(request, peer, _no_events)
         started, arrived = time.monotonic(), time.time()
-        spec: CommandSpec | None = None
         try:
-            spec = self._admit(call)
-            result = await spec.handler(self._runtime, call)
+            self._admit(call)
+            result = spec.answer(self._runtime, call)
         except RequestError as exc:
-            self._log_outcome(call, started, exc.code)
-            await self._account(call, spec, arrived, started, exc.code, {})
-            return error_reply(
-                request.id, exc.code, exc.message, request_id=call.request_id, **exc.details
-            )
+            finished = Finished(call, spec, arrived, started, exc.code, {})
+            reply = self._error_reply(finished, exc)
+        except Exception:
+            finished = Finished(call, spec, arrived, started, ErrorCode.INTERNAL, {})
+            reply = self._internal_error_reply(finished)
+        else:
+            finished = Finished(call, spec, arrived, started, None, result)
+            reply = self._ok_reply(finished)
+        self._account_nowait(finished)
+        return reply
+
+    async def handle(self, request: Request, peer: Peer, emit: Emit) -> dict[str, Any]:
+        call = self._begin(request, peer, emit)
+        started, arrived = time.monotonic(), time.time()
+        spec = COMMANDS.get(request.cmd)  # None: unknown, refused by _admit
+        try:
+            result = await self._admit(call).handler(self._runtime, call)
+        except RequestError as exc:
+            finished = Finished(call, spec, arrived, started, exc.code, {})
+            reply = self._error_reply(finished, exc)
         except asyncio.CancelledError:
             # The client left or the daemon stops: the request still leaves its audit row.
-            event = self._audit_event(call, spec, arrived, started, "CANCELLED", {})
-            self._runtime.audit.record_nowait(event)
+            finished = Finished(call, spec, arrived, started, "CANCELLED", {})
+            self._runtime.audit.record_nowait(self._audit_event(finished))
             raise
         except Exception:
-            error_id = "e-" + uuid.uuid4().hex[:12]
-            logger.exception("internal error in %s", request.cmd, extra={"error_id": error_id})
-            self._log_outcome(call, started, ErrorCode.INTERNAL)
-            await self._account(call, spec, arrived, started, ErrorCode.INTERNAL, {})
-            return error_reply(
-                request.id,
-                ErrorCode.INTERNAL,
-                f"internal error; see the daemon log for {error_id}",
-                error_id=error_id,
-                request_id=call.request_id,
-            )
-        self._log_outcome(call, started, None)
-        await self._account(call, spec, arrived, started, None, result)
-        return ok_reply(request.id, {**result, "request_id": call.request_id})
+            finished = Finished(call, spec, arrived, started, ErrorCode.INTERNAL, {})
+            reply = self._internal_error_reply(finished)
+        else:
+            finished = Finished(call, spec, arrived, started, None, result)
+            reply = self._ok_reply(finished)
+        await self._account(finished)
+        return reply
 
     def is_long_running(self, cmd: str) -> bool:
         spec = COMMANDS.get(cmd)
@@ -93,6 +120,13 @@ class Dispatcher:
         """Work a graceful stop waits for (chats); a log follow just ends."""
         spec = COMMANDS.get(cmd)
         return spec is not None and spec.cost == CHAT
+
+    def _begin(self, request: Request, peer: Peer, emit: Emit) -> Call:
+        call = Call(request, new_request_id(), peer, emit)
+        request_id_var.set(call.request_id)
+        session_id_var.set(None)
+        peer_uid_var.set(peer.uid)
+        return call
 
     def _admit(self, call: Call) -> CommandSpec:
         spec = COMMANDS.get(call.request.cmd)
@@ -108,51 +142,76 @@ class Dispatcher:
             raise ShuttingDown("agentd is shutting down")
         if state not in SERVING and state is not State.ERROR and not spec.when_not_ready:
             raise NotReady(f"agentd is {state}")
-        unknown = set(call.args) - spec.args
+        unknown = call.args.keys() - spec.args
         if unknown:
             raise BadRequest(f"{spec.name} takes no argument {sorted(unknown)[0]!r}")
         if spec.cost == CHEAP:  # chat is limited by the chat pipeline, per session too
             self._runtime.limiter.check(call.peer.uid, None, CHEAP)
         return spec
 
-    async def _account(
-        self,
-        call: Call,
-        spec: CommandSpec | None,
-        arrived: float,
-        started: float,
-        code: str | None,
-        result: dict[str, Any],
-    ) -> None:
-        """Metrics and the audit row of one finished request."""
-        event = self._audit_event(call, spec, arrived, started, code, result)
+    def _ok_reply(self, finished: Finished) -> dict[str, Any]:
+        self._log_outcome(finished)
+        call = finished.call
+        return ok_reply(call.request.id, {**finished.result, "request_id": call.request_id})
+
+    def _error_reply(self, finished: Finished, exc: RequestError) -> dict[str, Any]:
+        """A request refused or failed with a stable code."""
+        self._log_outcome(finished)
+        request = finished.call.request
+        return error_reply(
+            request.id, exc.code, exc.message, request_id=finished.call.request_id, **exc.details
+        )
+
+    def _internal_error_reply(self, finished: Finished) -> dict[str, Any]:
+        """INTERNAL, with an error id that finds the traceback in the log."""
+        error_id = "e-" + uuid.uuid4().hex[:12]
+        request = finished.call.request
+        logger.exception("internal error in %s", request.cmd, extra={"error_id": error_id})
+        self._log_outcome(finished)
+        return error_reply(
+            request.id,
+            ErrorCode.INTERNAL,
+            f"internal error; see the daemon log for {error_id}",
+            error_id=error_id,
+            request_id=finished.call.request_id,
+        )
+
+    def _record_metrics(self, finished: Finished, event: AuditEvent) -> None:
+        spec = finished.spec
         self._runtime.metrics.record_request(
             spec.name if spec is not None else "unknown",
-            code,
+            finished.code,
             event.latency_s,
             model=event.model,
             tokens_in=event.tokens_in,
             tokens_out=event.tokens_out,
         )
-        if spec is not None and spec.cost == CHAT and code is None:
-            try:  # an answered chat's row is committed before the reply leaves
+
+    def _account_nowait(self, finished: Finished) -> None:
+        """Metrics and the audit row, queued (answer_now checked there is room)."""
+        event = self._audit_event(finished)
+        self._record_metrics(finished, event)
+        self._runtime.audit.record_nowait(event)
+
+    async def _account(self, finished: Finished) -> None:
+        """Metrics and the audit row; an answered chat's row is committed before the reply."""
+        event = self._audit_event(finished)
+        self._record_metrics(finished, event)
+        spec = finished.spec
+        if spec is not None and spec.cost == CHAT and finished.code is None:
+            try:
                 await self._runtime.audit.record_now(event)
                 return
             except StoreError as exc:
                 logger.error(
-                    "audit row of %s not committed, queued instead: %s", call.request_id, exc
+                    "audit row of %s not committed, queued instead: %s",
+                    finished.call.request_id,
+                    exc,
                 )
         await self._runtime.audit.record(event)
 
-    def _audit_event(
-        self,
-        call: Call,
-        spec: CommandSpec | None,
-        arrived: float,
-        started: float,
-        code: str | None,
-        result: dict[str, Any],
-    ) -> AuditEvent:
+    def _audit_event(self, finished: Finished) -> AuditEvent:
+        call, spec, result = finished.call, finished.spec, finished.result
         chat = spec is not None and spec.cost == CHAT
         model, tokens_in, tokens_out = (
             result.get("model"),
@@ -161,32 +220,38 @@ class Dispatcher:
         )
         session = session_id_var.get() or (result.get("session_id") if chat else None)
         return AuditEvent(
-            at=arrived,
+            at=finished.arrived,
             request_id=call.request_id,
             peer_uid=call.peer.uid,
             peer_pid=call.peer.pid,
             command=call.request.cmd,
             session_id=session if isinstance(session, str) else None,
-            error_code=code,
-            latency_s=time.monotonic() - started,
+            error_code=finished.code,
+            latency_s=time.monotonic() - finished.started,
             model=model if chat and isinstance(model, str) else None,
             tokens_in=tokens_in if chat and isinstance(tokens_in, int) else 0,
             tokens_out=tokens_out if chat and isinstance(tokens_out, int) else 0,
         )
 
-    def _log_outcome(self, call: Call, started: float, code: str | None) -> None:
-        latency_ms = (time.monotonic() - started) * 1000
+    def _log_outcome(self, finished: Finished) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            return  # the fields below cost a share of a `status` when nobody reads them
+        cmd, code = finished.call.request.cmd, finished.code
         logger.debug(
             "%s %s",
-            call.request.cmd,
+            cmd,
             "ok" if code is None else code,
             extra={
-                "command": call.request.cmd,
+                "command": cmd,
                 "outcome": "ok" if code is None else "error",
                 "error_code": code,
-                "latency_ms": round(latency_ms, 3),
+                "latency_ms": round((time.monotonic() - finished.started) * 1000, 3),
             },
         )
+
+
+async def _no_events(kind: str, fields: dict[str, Any], rid: int | str = 0) -> None:
+    raise RuntimeError("a handler that answers at once sends no events")
 
 
 def _role_name(role: Role) -> str:

@@ -123,6 +123,15 @@ class Lifecycle:
             if self._in_flight:
                 self.transition(State.PROCESSING, "chat in flight")
 
+    @property
+    def reason(self) -> str:
+        """Why the agent is in its current state."""
+        return self._reason
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     def failing(self) -> dict[str, str]:
         return dict(self._failing)
 

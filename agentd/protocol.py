@@ -20,8 +20,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgpack
 
@@ -62,11 +61,12 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
+    """A parsed request (a NamedTuple: one is built per request, and cheaply)."""
+
     id: int | str
     cmd: str
-    args: dict[str, Any] = field(default_factory=dict)
+    args: dict[str, Any]
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
@@ -74,9 +74,10 @@ def encode_frame(message: dict[str, Any]) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
-def frame_length(header: bytes, max_frame: int) -> int:
-    """Return the body length announced by a header, refusing oversized frames."""
-    (length,) = HEADER.unpack(header)
+def frame_length(header: bytes | bytearray, max_frame: int) -> int:
+    """Return the body length announced by a header (the first 4 bytes of `header`),
+    refusing oversized frames."""
+    (length,) = HEADER.unpack_from(header)
     if length > max_frame:
         raise ProtocolError(
             ErrorCode.FRAME_TOO_LARGE,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from agentd import __version__
 from agentd.access import AccessPolicy
@@ -48,6 +51,22 @@ class Runtime:
     version: str = __version__
     _store_size: int = field(default=0, init=False, repr=False)
     _store_size_at: float = field(default=float("-inf"), init=False, repr=False)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """What `status` reports that never changes while the process runs."""
+        return {
+            "agent_id": self.agent_id,
+            "pid": os.getpid(),
+            "version": self.version,
+            "profile": self.config.profile,
+            "started_at": self.started_wall,
+            "socket": str(self.paths.socket),
+        }
+
+    @cached_property
+    def store_path(self) -> str:
+        return str(self.paths.database)
 
     @property
     def uptime_s(self) -> float:

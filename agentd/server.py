@@ -1,9 +1,9 @@
-"""The Unix socket server: bind or adopt, accept, peer credentials, framing, dispatch.
+"""The Unix socket server: bind or adopt the socket, accept within limits, drain.
 
-One connection carries any number of requests in turn. Bad bytes are answered
-with an error code and, when the stream can no longer be trusted (a frame too
-large, a frame never finished), the connection is closed. Nothing a client
-sends can stop the server from serving the others.
+One connection (agentd/connection.py) carries any number of requests in turn.
+Bad bytes are answered with an error code and, when the stream can no longer
+be trusted (a frame too large, a frame never finished), the connection is
+closed. Nothing a client sends can stop the server from serving the others.
 """
 
 from __future__ import annotations
@@ -15,28 +15,15 @@ import grp
 import logging
 import os
 import socket
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agentd.access import Peer, peer_credentials
 from agentd.config import DaemonSettings
+from agentd.connection import ClientConnection
 from agentd.dispatch import Dispatcher
 from agentd.errors import AlreadyRunning, ConfigError
 from agentd.paths import ensure_private_dir
-from agentd.protocol import (
-    HEADER,
-    ErrorCode,
-    ProtocolError,
-    decode_body,
-    encode_frame,
-    error_reply,
-    event,
-    frame_length,
-    parse_request,
-    request_id_of,
-)
+from agentd.protocol import ErrorCode, encode_frame, error_reply
 
 logger = logging.getLogger(__name__)
 
@@ -134,11 +121,14 @@ def refuse_waiting_clients(sock: socket.socket, message: str) -> int:
 
 
 class Server:
+    """Accepts connections (each a ClientConnection) within the connection limit, and
+    knows which requests a graceful stop must wait for."""
+
     def __init__(self, settings: DaemonSettings, dispatcher: Dispatcher) -> None:
         self._settings = settings
         self._dispatcher = dispatcher
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[ClientConnection] = set()
         self._total = 0
         self._refused = 0
         self._protocol_errors = 0
@@ -147,10 +137,10 @@ class Server:
         self._drained.set()
 
     async def start(self, sock: socket.socket) -> None:
-        self._server = await asyncio.start_unix_server(
-            self._serve,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(
+            lambda: ClientConnection(self, self._settings, self._dispatcher),
             sock=sock,
-            limit=self._settings.max_frame_bytes + HEADER.size,
             backlog=LISTEN_BACKLOG,  # asyncio would listen() again with its default of 100
         )
 
@@ -159,10 +149,8 @@ class Server:
             self._server.close()
 
     async def close_connections(self) -> None:
-        """Cancel connection tasks (idle or finishing) and wait for them to end."""
-        for task in list(self._connections):
-            task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
+        """Cut every connection, cancelling requests still running, and wait for them."""
+        await asyncio.gather(*(c.close() for c in list(self._connections)))
 
     async def wait_drained(self) -> None:
         """Until every request that must finish (chat) has sent its reply."""
@@ -173,103 +161,28 @@ class Server:
             len(self._connections), self._total, self._refused, self._protocol_errors
         )
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    # -- for connections -----------------------------------------------------------------
+
+    def admit(self, connection: ClientConnection) -> bool:
+        """Count a new connection; False (refused) beyond the connection limit."""
         self._total += 1
-        try:
-            if len(self._connections) >= self._settings.max_connections:
-                self._refused += 1
-                await _send(writer, error_reply(None, ErrorCode.BUSY, "too many connections"))
-                return
-            self._connections.add(task)
-            peer = peer_credentials(writer.get_extra_info("socket"))
-            await self._serve_requests(reader, writer, peer)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the peer went away or went silent: nothing to answer
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        if len(self._connections) >= self._settings.max_connections:
+            self._refused += 1
+            return False
+        self._connections.add(connection)
+        return True
 
-    async def _serve_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer
-    ) -> None:
-        while True:
-            header = await _read(reader, HEADER.size, self._settings.idle_timeout_s)
-            message: Any = None
-            try:
-                length = frame_length(header, self._settings.max_frame_bytes)
-                body = await _read(reader, length, self._settings.frame_timeout_s)
-                message = decode_body(body)
-                request = parse_request(message)
-            except ProtocolError as exc:
-                self._protocol_errors += 1
-                await _send(writer, error_reply(request_id_of(message), exc.code, exc.message))
-                if exc.fatal:
-                    return
-                continue
+    def forget(self, connection: ClientConnection) -> None:
+        self._connections.discard(connection)
 
-            async def emit(kind: str, fields: dict[str, Any], rid: int | str = request.id) -> None:
-                await _send(writer, event(rid, kind, **fields))
+    def count_protocol_error(self) -> None:
+        self._protocol_errors += 1
 
-            handling = self._dispatcher.handle(request, peer, emit)
-            if not self._dispatcher.is_long_running(request.cmd):
-                await _send(writer, await handling)
-                continue
-            must_finish = self._dispatcher.must_finish(request.cmd)  # a chat, not a log follow
-            if must_finish:
-                self._begin_finishing()
-            try:
-                reply = await _unless_peer_leaves(handling, reader)
-                if reply is None:
-                    return
-                await _send(writer, reply)
-            finally:
-                if must_finish:
-                    self._end_finishing()
-
-    def _begin_finishing(self) -> None:
+    def begin_finishing(self) -> None:
         self._finishing += 1
         self._drained.clear()
 
-    def _end_finishing(self) -> None:
+    def end_finishing(self) -> None:
         self._finishing -= 1
         if self._finishing == 0:
             self._drained.set()
-
-
-async def _unless_peer_leaves(
-    handling: Coroutine[Any, Any, dict[str, Any]], reader: asyncio.StreamReader
-) -> dict[str, Any] | None:
-    """Run a long request, cancelling it if the client hangs up meanwhile (None then).
-
-    A client does not send while it waits for its reply, so end-of-file on the
-    reader means it is gone; a chat must not keep the model busy for nobody.
-    """
-    task = asyncio.create_task(handling)
-    hangup = asyncio.create_task(reader.read(1))
-    try:
-        await asyncio.wait({task, hangup}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done() and hangup.done() and not hangup.cancelled() and hangup.result() == b"":
-            logger.info("client hung up: cancelling its request")
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return None
-        return await task
-    finally:
-        task.cancel()  # when the connection itself is cancelled (shutdown)
-        hangup.cancel()
-        await asyncio.gather(task, hangup, return_exceptions=True)
-
-
-async def _read(reader: asyncio.StreamReader, size: int, timeout: float) -> bytes:
-    # asyncio.timeout, not wait_for: no task per read on the hot path.
-    async with asyncio.timeout(timeout):
-        return await reader.readexactly(size)
-
-
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(encode_frame(message))
-    await writer.drain()

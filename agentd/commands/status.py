@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from agentd.access import Role
@@ -12,30 +11,25 @@ from agentd.runtime import Runtime
 
 
 @command("ping", role=Role.READ, when_stopping=True, when_not_ready=True)
-async def ping(runtime: Runtime, call: Call) -> dict[str, Any]:
+def ping(runtime: Runtime, call: Call) -> dict[str, Any]:
     return {"pong": True, "state": str(runtime.lifecycle.state)}
 
 
 @command("status", role=Role.READ, when_stopping=True, when_not_ready=True)
-async def status(runtime: Runtime, call: Call) -> dict[str, Any]:
-    stats = runtime.lifecycle.statistics()
-    healthy = runtime.health.healthy and stats.state in SERVING
+def status(runtime: Runtime, call: Call) -> dict[str, Any]:
+    lifecycle = runtime.lifecycle
+    state = lifecycle.state
     return {
-        "state": str(stats.state),
-        "state_reason": stats.reason,
-        "healthy": healthy,
-        "agent_id": runtime.agent_id,
+        **runtime.identity,
+        "state": str(state),
+        "state_reason": lifecycle.reason,
+        "healthy": runtime.health.healthy and state in SERVING,
         "session_id": runtime.session_id,
-        "pid": os.getpid(),
-        "version": runtime.version,
-        "profile": runtime.config.profile,
         "uptime_s": round(runtime.uptime_s, 3),
-        "started_at": runtime.started_wall,
-        "socket": str(runtime.paths.socket),
-        "store": {"path": str(runtime.paths.database), "size_bytes": runtime.store_size_bytes()},
-        "in_flight": stats.in_flight,
+        "store": {"path": runtime.store_path, "size_bytes": runtime.store_size_bytes()},
+        "in_flight": lifecycle.in_flight,
         "components": runtime.health.snapshot(),
         "alerts": runtime.alerts.snapshot(),
-        "failing": dict(runtime.lifecycle.failing()),
+        "failing": lifecycle.failing(),
         "lifetime": runtime.metrics.lifetime_totals(),
     }

@@ -334,6 +334,10 @@ class AuditWriter:
         )
         self._task = asyncio.create_task(self._drain(), name="audit-writer")
 
+    def has_room(self) -> bool:
+        """Would record_nowait() queue a row now?"""
+        return len(self._pending) < self._max_queue
+
     def record_nowait(self, event: AuditEvent) -> bool:
         """Queue a row; False when the queue is full (nothing queued)."""
         if len(self._pending) >= self._max_queue:
