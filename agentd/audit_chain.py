@@ -32,6 +32,13 @@ in lower-case hex. The prefix names the scheme, so a hash from another scheme
 or version can never verify by accident. Fields outside the content fields are
 not covered: adding a column to the audit table means a new scheme version.
 
+``canonical_bytes`` is the definition, and ``verify_chain`` uses it.
+``hash_content`` seals rows this process builds (a ``Content`` tuple, types
+known): ``hash_input`` writes the same bytes with one format string instead
+of a checked dict and ``json.dumps``. The store seals every request's row
+this way, on a thread that shares the GIL with the event loop. A property
+test holds the two paths to the same bytes.
+
 Threat model, honestly:
 
 - The store is SQLCipher: without the DB key nobody can read or edit rows
@@ -60,14 +67,18 @@ row as the ``start`` checkpoint and verify from there.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final
+from json.encoder import encode_basestring_ascii
+from typing import Any, Final, NamedTuple
 
 GENESIS_HASH: Final = "0" * 64
 SCHEME: Final = b"agentd-audit-v1\n"
@@ -93,6 +104,16 @@ OUTCOMES: Final = frozenset({"ok", "error"})
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
 _TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z\Z")
 
+# SCHEME, prev_hash, then the canonical JSON with the keys in sorted order: what
+# json.dumps writes for the content fields, as one format string (see hash_input).
+_PREIMAGE: Final = (
+    SCHEME.decode("ascii")
+    + "%s\n"
+    + '{"command":%s,"error_code":%s,"latency_ms":%d,"model":%s,"outcome":%s,'
+    + '"peer_pid":%d,"peer_uid":%d,"request_id":%s,"seq":%d,"session_id":%s,'
+    + '"tokens_in":%d,"tokens_out":%d,"ts":%s}'
+)
+
 
 class MalformedRow(ValueError):
     """A row lacks a content field or holds a value of the wrong type or form."""
@@ -111,6 +132,23 @@ class Anchor:
 
 
 GENESIS: Final = Anchor(seq=0, hash=GENESIS_HASH)
+
+
+class Content(NamedTuple):
+    """A row's content fields but ``seq``, in column order, with the schema's types."""
+
+    ts: str
+    request_id: str
+    peer_uid: int
+    peer_pid: int
+    command: str
+    session_id: str | None
+    outcome: str
+    error_code: str | None
+    latency_ms: int
+    model: str | None
+    tokens_in: int
+    tokens_out: int
 
 
 class Breakage(StrEnum):
@@ -145,9 +183,33 @@ class VerifyResult:
 
 
 def format_ts(epoch_seconds: float) -> str:
-    """A Unix time as the canonical ``ts``: UTC, microseconds, ``Z``."""
-    moment = datetime.fromtimestamp(epoch_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """A Unix time as the canonical ``ts``: UTC, microseconds, ``Z``.
+
+    The same text as ``datetime.fromtimestamp(t, tz=UTC).strftime(
+    "%Y-%m-%dT%H:%M:%S.%fZ")``, at a third of the cost (one per audit row).
+    The microseconds are found as CPython's datetime finds them (modf, times
+    1e6 in double precision, round half to even, carry into the seconds), so
+    they round identically.
+    """
+    fraction, whole = math.modf(epoch_seconds)
+    seconds, micros = int(whole), round(fraction * 1e6)
+    if micros >= 1_000_000:
+        seconds, micros = seconds + 1, micros - 1_000_000
+    elif micros < 0:
+        seconds, micros = seconds - 1, micros + 1_000_000
+    return f"{_format_second(seconds)}.{micros:06d}Z"
+
+
+# Rows arrive thousands a second, so most share their second with the previous row.
+@functools.lru_cache(maxsize=64)
+def _format_second(seconds: int) -> str:
+    moment = time.gmtime(seconds)
+    if not 1000 <= moment.tm_year <= 9999:
+        # strftime's own rules (no padding below 1000, an error past 9999).
+        return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    # datetime clamps a leap second (a right/ zoneinfo) to :59; so do we.
+    year, month, day, hour, minute, second = moment[:6]
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{min(59, second):02d}"
 
 
 def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
@@ -183,14 +245,57 @@ def _check_forms(content: Mapping[str, Any]) -> None:
         raise MalformedRow(f"outcome {content['outcome']!r} is not one of {sorted(OUTCOMES)}")
 
 
+def checked_hash(value: object) -> str:
+    """``value`` if it is a hash (64 lower-case hex digits); else MalformedRow."""
+    if not isinstance(value, str) or not _HASH_RE.match(value):
+        raise MalformedRow("prev_hash is not 64 lower-case hex digits")
+    return value
+
+
 def compute_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     """SHA-256 (hex) sealing a row's content fields to the previous row's hash."""
-    if not isinstance(prev_hash, str) or not _HASH_RE.match(prev_hash):
-        raise MalformedRow("prev_hash is not 64 lower-case hex digits")
     digest = hashlib.sha256(SCHEME)
-    digest.update(prev_hash.encode("ascii") + b"\n")
+    digest.update(checked_hash(prev_hash).encode("ascii") + b"\n")
     digest.update(canonical_bytes(fields))
     return digest.hexdigest()
+
+
+def hash_content(prev_hash: str, seq: int, content: Content) -> str:
+    """``compute_hash`` for a row this process built, without its checks."""
+    return hashlib.sha256(hash_input(prev_hash, seq, content)).hexdigest()
+
+
+def hash_input(prev_hash: str, seq: int, content: Content) -> bytes:
+    """The bytes ``hash_content`` hashes: the scheme, ``prev_hash``, the canonical JSON.
+
+    ``prev_hash`` must be a hash (``checked_hash``). Strings go through the C
+    escaper json.dumps uses with ensure_ascii, ints through %d: the digits
+    json.dumps writes. Types are not checked, but an ill-typed value cannot
+    leave a row that fails to verify for that reason: None or a non-string
+    where a string belongs raises here; a bool or a float where an int belongs
+    is either refused by the STRICT table or stored as the integer %d wrote.
+    A malformed ``ts`` or ``outcome`` is not caught (canonical_bytes would).
+    """
+    escape = encode_basestring_ascii
+    error_code, model, session_id = content.error_code, content.model, content.session_id
+    # A format string, not an f-string: measured faster for these 14 values.
+    preimage = _PREIMAGE % (
+        prev_hash,
+        escape(content.command),
+        "null" if error_code is None else escape(error_code),
+        content.latency_ms,
+        "null" if model is None else escape(model),
+        escape(content.outcome),
+        content.peer_pid,
+        content.peer_uid,
+        escape(content.request_id),
+        seq,
+        "null" if session_id is None else escape(session_id),
+        content.tokens_in,
+        content.tokens_out,
+        escape(content.ts),
+    )
+    return preimage.encode("ascii")
 
 
 def seal(head: Anchor, fields: Mapping[str, Any]) -> dict[str, Any]:

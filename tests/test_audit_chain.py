@@ -4,19 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from agentd.audit_chain import (
+    CONTENT_FIELDS,
     GENESIS,
     GENESIS_HASH,
+    OUTCOMES,
+    SCHEME,
     Anchor,
     Breakage,
+    Content,
     MalformedRow,
     canonical_bytes,
     compute_hash,
     format_ts,
+    hash_content,
+    hash_input,
     seal,
     verify_chain,
 )
@@ -93,6 +102,83 @@ def test_the_hash_depends_on_the_previous_hash() -> None:
 
 def test_timestamps_are_utc_iso_with_microseconds() -> None:
     assert format_ts(0.25) == "1970-01-01T00:00:00.250000Z"
+
+
+def format_ts_by_datetime(epoch_seconds: float) -> str:
+    """format_ts as first written; stored rows hold its output."""
+    return datetime.fromtimestamp(epoch_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+END_OF_9999 = 253_402_300_800.0
+
+
+@given(st.floats(min_value=0, max_value=END_OF_9999, exclude_max=True))
+@example(0.0)
+@example(1e-7)
+@example(0.0000005)  # exactly half a microsecond: to even, 0
+@example(0.0000015)  # to even, 2
+@example(0.0000025)  # to even, 2
+@example(1_750_000_000.0000005)
+@example(1_750_000_000.9999995)  # rounds up into the next second
+@example(1_750_000_059.9999995)  # ... the next minute
+@example(1_767_225_599.9999995)  # ... the next year
+@example(253_402_300_799.99997)  # the last representable microseconds of 9999
+def test_format_ts_writes_what_datetime_writes(epoch_seconds: float) -> None:
+    assert format_ts(epoch_seconds) == format_ts_by_datetime(epoch_seconds)
+
+
+@pytest.mark.parametrize("epoch_seconds", [END_OF_9999, 1e300, float("inf"), float("nan")])
+def test_format_ts_refuses_times_datetime_refuses(epoch_seconds: float) -> None:
+    with pytest.raises((ValueError, OverflowError)) as expected:
+        format_ts_by_datetime(epoch_seconds)
+    with pytest.raises(expected.type):
+        format_ts(epoch_seconds)
+
+
+# Quotes, backslashes, control characters, non-ASCII, astral (JSON writes a
+# surrogate pair), a lone surrogate: what JSON escapes. Plus any character.
+TRICKY_CHARACTERS = '"\\/\x00\x08\x1f\x7f\x80é\u2028\ufeff\U0001f600\ud800'
+texts = st.text(st.sampled_from(TRICKY_CHARACTERS) | st.characters())
+# Unbounded: hypothesis reaches well past 64 bits. Never a bool.
+integers = st.integers()
+contents = st.builds(
+    Content,
+    # \d is any Unicode digit, as in canonical_bytes' check of ts.
+    ts=st.from_regex(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z", fullmatch=True),
+    request_id=texts,
+    peer_uid=integers,
+    peer_pid=integers,
+    command=texts,
+    session_id=st.none() | texts,
+    outcome=st.sampled_from(sorted(OUTCOMES)),
+    error_code=st.none() | texts,
+    latency_ms=integers,
+    model=st.none() | texts,
+    tokens_in=integers,
+    tokens_out=integers,
+)
+hashes = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
+
+
+def test_content_holds_the_content_fields_but_seq_in_column_order() -> None:
+    assert ("seq", *Content._fields) == tuple(CONTENT_FIELDS)
+
+
+@given(hashes, integers, contents)
+def test_the_fast_path_hashes_exactly_the_canonical_bytes(
+    prev_hash: str, seq: int, row_content: Content
+) -> None:
+    fields = dict(row_content._asdict(), seq=seq)
+    canonical = SCHEME + prev_hash.encode() + b"\n" + canonical_bytes(fields)
+    assert hash_input(prev_hash, seq, row_content) == canonical
+    assert hash_content(prev_hash, seq, row_content) == compute_hash(prev_hash, fields)
+
+
+@pytest.mark.parametrize("change", [{"request_id": None}, {"command": 7}, {"ts": None}])
+def test_the_fast_path_refuses_a_missing_or_non_string_string(change: dict[str, Any]) -> None:
+    ill_typed = Content(**(content(1) | change))
+    with pytest.raises(TypeError):
+        hash_content(GENESIS_HASH, 1, ill_typed)
 
 
 def test_seal_numbers_the_row_itself() -> None:

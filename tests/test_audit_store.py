@@ -8,14 +8,26 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from agentd.audit_chain import GENESIS, Anchor, Breakage, verify_chain
+from agentd.audit_chain import (
+    GENESIS,
+    GENESIS_HASH,
+    Anchor,
+    Breakage,
+    MalformedRow,
+    compute_hash,
+    hash_content,
+    verify_chain,
+)
 from agentd.errors import StoreError
 from agentd.secrets import Secret
 from agentd.store import audit
 from agentd.store.audit import AuditEvent, AuditQuery, AuditWriter
 from agentd.store.database import Connection, Database, transaction
 from agentd.store.migrations import migrate
+from tests.test_audit_chain import END_OF_9999, TRICKY_CHARACTERS, texts
 
 T = TypeVar("T")
 KEY = Secret("5a" * 32)
@@ -84,6 +96,36 @@ def test_an_unknown_command_is_recorded_cut_to_64_characters() -> None:
     assert event(command="x" * 10_000).fields()["command"] == "x" * 64
 
 
+def test_negative_latency_and_token_counts_are_recorded_as_zero() -> None:
+    fields = event(latency_s=-0.5, tokens_in=-3, tokens_out=-4).fields()
+    assert (fields["latency_ms"], fields["tokens_in"], fields["tokens_out"]) == (0, 0, 0)
+
+
+events = st.builds(
+    AuditEvent,
+    at=st.floats(min_value=0, max_value=END_OF_9999, exclude_max=True),
+    request_id=texts,
+    peer_uid=st.integers(),
+    peer_pid=st.integers(),
+    command=texts,
+    session_id=st.none() | texts,
+    error_code=st.none() | texts,
+    latency_s=st.floats(min_value=-1e9, max_value=1e9),
+    model=st.none() | texts,
+    tokens_in=st.integers(),
+    tokens_out=st.integers(),
+)
+
+
+@given(events, st.integers(min_value=1))
+def test_an_event_is_sealed_as_the_checked_path_would_seal_it(
+    audit_event: AuditEvent, seq: int
+) -> None:
+    """The checked path also proves content() yields the types and forms the chain accepts."""
+    checked = compute_hash(GENESIS_HASH, dict(audit_event.fields(), seq=seq))
+    assert hash_content(GENESIS_HASH, seq, audit_event.content()) == checked
+
+
 def test_rows_read_back_verify_exactly_as_sealed(db_path: Path) -> None:
     events = [
         event(1),
@@ -95,6 +137,22 @@ def test_rows_read_back_verify_exactly_as_sealed(db_path: Path) -> None:
     assert [r["seq"] for r in rows] == [1, 2, 3]
     assert verify_chain(rows).ok
     assert head == Anchor.of(rows[-1])
+
+
+def test_text_json_escapes_reads_back_and_verifies(db_path: Path) -> None:
+    tricky = [
+        # Not the lone surrogate: it cannot be encoded as UTF-8 for SQLite.
+        event(1, request_id=TRICKY_CHARACTERS.replace("\ud800", ""), command=""),
+        event(2, session_id='a "quoted" \\ path', model="modèle-✓", error_code="\x00\n"),
+        event(3, command="\U0001f600" * 100, tokens_in=2**62),
+    ]
+    with_db(db_path, audit.commit_rows, tricky)
+    assert verify_chain(with_db(db_path, all_rows)).ok
+
+
+def test_rows_are_not_sealed_onto_a_malformed_head(db_path: Path) -> None:
+    with pytest.raises(MalformedRow):
+        with_db(db_path, audit.append_rows, [event(1)], Anchor(seq=1, hash="not a hash"))
 
 
 def test_the_table_is_strict_so_a_hash_never_sees_a_converted_type(db_path: Path) -> None:

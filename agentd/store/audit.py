@@ -50,9 +50,11 @@ from typing import Any, Final, NamedTuple
 from agentd.audit_chain import (
     GENESIS,
     Anchor,
+    Content,
     VerifyResult,
+    checked_hash,
     format_ts,
-    seal,
+    hash_content,
     verify_chain,
 )
 from agentd.errors import StoreError
@@ -62,23 +64,8 @@ from agentd.store.database import Connection, Database, transaction
 
 logger = logging.getLogger(__name__)
 
-COLUMNS: Final = (
-    "seq",
-    "ts",
-    "request_id",
-    "peer_uid",
-    "peer_pid",
-    "command",
-    "session_id",
-    "outcome",
-    "error_code",
-    "latency_ms",
-    "model",
-    "tokens_in",
-    "tokens_out",
-    "prev_hash",
-    "hash",
-)
+# append_rows inserts (seq, *content, prev_hash, hash) in this order.
+COLUMNS: Final = ("seq", *Content._fields, "prev_hash", "hash")
 ANCHOR_KEY: Final = "audit_anchor"
 MAX_COMMAND_CHARS: Final = 64  # an unknown command is recorded, but not a megabyte of it
 _INSERT: Final = (
@@ -132,22 +119,26 @@ class AuditEvent(NamedTuple):
     tokens_in: int = 0
     tokens_out: int = 0
 
+    def content(self) -> Content:
+        """The row's content fields (all but seq and the hashes), as the chain records them."""
+        return Content(
+            format_ts(self.at),
+            self.request_id,
+            self.peer_uid,
+            self.peer_pid,
+            self.command[:MAX_COMMAND_CHARS],
+            self.session_id,
+            "ok" if self.error_code is None else "error",
+            self.error_code,
+            max(0, round(self.latency_s * 1000)),
+            self.model,
+            max(0, self.tokens_in),
+            max(0, self.tokens_out),
+        )
+
     def fields(self) -> dict[str, Any]:
-        """The content fields audit_chain.seal() takes (all but seq and the hashes)."""
-        return {
-            "ts": format_ts(self.at),
-            "request_id": self.request_id,
-            "peer_uid": self.peer_uid,
-            "peer_pid": self.peer_pid,
-            "command": self.command[:MAX_COMMAND_CHARS],
-            "session_id": self.session_id,
-            "outcome": "ok" if self.error_code is None else "error",
-            "error_code": self.error_code,
-            "latency_ms": max(0, round(self.latency_s * 1000)),
-            "model": self.model,
-            "tokens_in": max(0, self.tokens_in),
-            "tokens_out": max(0, self.tokens_out),
-        }
+        """The content fields as the mapping audit_chain.seal() takes."""
+        return self.content()._asdict()
 
 
 # -- on the store thread ----------------------------------------------------------
@@ -162,15 +153,21 @@ def append_rows(conn: Connection, events: Sequence[AuditEvent], head: Anchor) ->
     """Seal `events` after `head` and insert them; returns the new head.
 
     Runs inside the caller's transaction; `head` must be the committed head
-    read in that same transaction (see `append`).
+    read in that same transaction (see `append`). This loop runs once per
+    request on the store thread, holding the GIL against the event loop, so
+    it uses the chain's fast path (hash_content) and builds the insert tuples
+    directly.
     """
-    sealed = []
+    seq, prev_hash = head.seq, checked_hash(head.hash)
+    rows = []
     for event in events:
-        row = seal(head, event.fields())
-        head = Anchor.of(row)
-        sealed.append(tuple(row[column] for column in COLUMNS))
-    conn.executemany(_INSERT, sealed)
-    return head
+        seq += 1
+        content = event.content()
+        row_hash = hash_content(prev_hash, seq, content)
+        rows.append((seq, *content, prev_hash, row_hash))
+        prev_hash = row_hash
+    conn.executemany(_INSERT, rows)
+    return Anchor(seq=seq, hash=prev_hash)
 
 
 def append(conn: Connection, events: Sequence[AuditEvent]) -> Anchor:
