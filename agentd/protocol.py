@@ -139,7 +139,7 @@ def parse_request(message: Any) -> Request:
         args = {}
     if not isinstance(args, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'args' must be a map")
-    if _depth(args) > MAX_NESTING:
+    if args and _depth(args) > MAX_NESTING:
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'args' nested too deeply")
     return Request(id=request_id, cmd=cmd, args=args)
 

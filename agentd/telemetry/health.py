@@ -31,16 +31,25 @@ class HealthBoard:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._components: dict[str, ComponentHealth] = {}
+        self._healthy = True
+        # Every `status` reads the board and checks change it every few seconds:
+        # the snapshot is built once per change, not once per request.
+        self._snapshot: dict[str, dict[str, Any]] | None = None
 
     def report(self, component: str, level: Level, reason: str = "") -> None:
         self._components[component] = ComponentHealth(level, reason, self._clock())
+        self._healthy = all(c.level is not Level.FAILED for c in self._components.values())
+        self._snapshot = None
 
     def get(self, component: str) -> ComponentHealth | None:
         return self._components.get(component)
 
     @property
     def healthy(self) -> bool:
-        return all(c.level is not Level.FAILED for c in self._components.values())
+        return self._healthy
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        return {name: c.as_dict() for name, c in sorted(self._components.items())}
+        """Every component's verdict, by name; shared between callers: do not modify."""
+        if self._snapshot is None:
+            self._snapshot = {name: c.as_dict() for name, c in sorted(self._components.items())}
+        return self._snapshot

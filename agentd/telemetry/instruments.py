@@ -220,8 +220,8 @@ class Instruments:
     def lifetime_totals(self) -> dict[str, int]:
         """The headline totals since the store was created, for `status`."""
         return {
-            "starts": int(self.starts.value()),
-            "requests_total": int(sum(value for _, value in self.requests.samples())),
+            "starts": int(self.starts.total()),
+            "requests_total": int(self.requests.total()),
         }
 
     def record_request(
@@ -235,7 +235,7 @@ class Instruments:
         tokens_out: int = 0,
     ) -> None:
         """One answered request; `code` is None for ok, else the error code."""
-        self.requests.inc(command=command, outcome=code or "ok")
+        self.requests.inc_series((command, code or "ok"))
         self.rate.mark()
         self.errors.record(ok=code not in SERVER_FAILURES)
         if code in REJECTIONS:

@@ -144,6 +144,18 @@ class Counter(_Scalar):
             raise ValueError(f"{self.name} only goes up; got {amount}")
         self._add(amount, labels)
 
+    def inc_series(self, key: LabelValues) -> None:
+        """Add one to the series whose label values are `key`, in labelnames order.
+
+        For the per-request path, where `inc(**labels)` and its checks are a
+        measurable share of a `status`; the caller owns getting `key` right.
+        """
+        self._values[key] = self._values.get(key, 0.0) + 1.0
+
+    def total(self) -> float:
+        """The sum over every label set."""
+        return sum(self._values.values())
+
 
 class Gauge(_Scalar):
     """A value that goes up and down: set by the daemon, or read from a callback.
