@@ -3,13 +3,16 @@ closed, and the daemon keeps serving everyone else."""
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
+import psutil
 import pytest
 
 from agentd.protocol import encode_frame, make_request
@@ -205,3 +208,69 @@ def test_connections_over_the_limit_are_refused_busy(
         for sock in held:
             sock.close()
     assert_still_serving(d)
+
+
+def test_pipelined_requests_are_answered_in_order(quick_daemon: DaemonProcess) -> None:
+    """Frames sent together are served in turn: a request whose handler waits on the
+    store (`sessions`) is answered before the `status` sent after it."""
+    frames = [
+        encode_frame(make_request(1, "ping")),
+        encode_frame(make_request(2, "sessions")),
+        encode_frame(make_request(3, "status")),
+        encode_frame(make_request(4, "no-such-thing")),
+        encode_frame(make_request(5, "ping")),
+    ]
+    with connect(quick_daemon) as sock:
+        sock.sendall(b"".join(frames))
+        replies = [read_reply(sock) for _ in frames]
+    assert [r["id"] for r in replies] == [1, 2, 3, 4, 5]
+    assert "sessions" in replies[1]["result"]
+    assert replies[3]["error"]["code"] == "UNKNOWN_COMMAND"
+
+
+def test_a_client_that_never_reads_is_paused_not_buffered(daemon: DaemonProcess) -> None:
+    """1. A client pipelines status requests and never reads a reply.
+    2. Once its replies fill the socket buffers the daemon stops serving and reading
+       it: the client's send stays blocked (were the daemon still reading, the
+       socket would turn writable again within milliseconds).
+    3. Everyone else is served meanwhile; the daemon's memory stays flat.
+    (Not quick_daemon: its 0.5 s idle timeout rightly cuts a client that stops reading.)"""
+    assert daemon.process is not None
+    daemon_process = psutil.Process(daemon.process.pid)
+    rss_before = daemon_process.memory_info().rss
+    request = encode_frame(make_request(1, "status"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as flood:
+        flood.connect(daemon.socket)
+        flood.setblocking(False)
+        assert send_until_blocked_for(flood, request, seconds=1.0, give_up_after=20.0)
+        assert_still_serving(daemon)
+        assert daemon_process.memory_info().rss - rss_before < 32 * 1024 * 1024
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_idle_timeout(
+    quick_daemon: DaemonProcess,
+) -> None:
+    request = encode_frame(make_request(1, "status"))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as flood:
+        flood.connect(quick_daemon.socket)
+        flood.setblocking(False)
+        with pytest.raises((BrokenPipeError, ConnectionResetError)):
+            send_until_blocked_for(flood, request, seconds=5.0, give_up_after=20.0)
+    assert_still_serving(quick_daemon)
+
+
+def send_until_blocked_for(
+    sock: socket.socket, frame: bytes, seconds: float, give_up_after: float
+) -> bool:
+    """Send `frame` over and over; True once the socket stays unwritable for `seconds`."""
+    deadline = time.monotonic() + give_up_after
+    pending = b""
+    while time.monotonic() < deadline:
+        pending = pending or frame * 64
+        try:
+            pending = pending[sock.send(pending) :]
+        except BlockingIOError:
+            _, writable, _ = select.select([], [sock], [], seconds)
+            if not writable:
+                return True
+    return False
