@@ -35,13 +35,14 @@ from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
 logger = logging.getLogger(__name__)
 
 
-_RUN_PREFIX = uuid.uuid4().hex[:8]  # unique per process, so ids stay unique across restarts
+# r-<run><sequence>: the run part is unique per process, so ids stay unique across
+# restarts; as unique as a uuid4 in practice, and far cheaper per request.
+_REQUEST_ID_FORMAT = f"r-{uuid.uuid4().hex[:8]}%08x"
 _request_numbers = itertools.count(1)
 
 
 def new_request_id() -> str:
-    """r-<run><sequence>: as unique as a uuid4 in practice, and far cheaper per request."""
-    return f"r-{_RUN_PREFIX}{next(_request_numbers):08x}"
+    return _REQUEST_ID_FORMAT % next(_request_numbers)
 
 
 class Finished(NamedTuple):
@@ -142,7 +143,7 @@ class Dispatcher:
             raise ShuttingDown("agentd is shutting down")
         if state not in SERVING and state is not State.ERROR and not spec.when_not_ready:
             raise NotReady(f"agentd is {state}")
-        unknown = call.args.keys() - spec.args
+        unknown = call.args.keys() - spec.args if call.args else None
         if unknown:
             raise BadRequest(f"{spec.name} takes no argument {sorted(unknown)[0]!r}")
         if spec.cost == CHEAP:  # chat is limited by the chat pipeline, per session too
@@ -211,26 +212,27 @@ class Dispatcher:
         await self._runtime.audit.record(event)
 
     def _audit_event(self, finished: Finished) -> AuditEvent:
-        call, spec, result = finished.call, finished.spec, finished.result
-        chat = spec is not None and spec.cost == CHAT
-        model, tokens_in, tokens_out = (
-            result.get("model"),
-            result.get("tokens_in"),
-            result.get("tokens_out"),
-        )
-        session = session_id_var.get() or (result.get("session_id") if chat else None)
-        return AuditEvent(
+        call, spec = finished.call, finished.spec
+        event = AuditEvent(
             at=finished.arrived,
             request_id=call.request_id,
             peer_uid=call.peer.uid,
             peer_pid=call.peer.pid,
             command=call.request.cmd,
-            session_id=session if isinstance(session, str) else None,
+            session_id=session_id_var.get(),
             error_code=finished.code,
             latency_s=time.monotonic() - finished.started,
-            model=model if chat and isinstance(model, str) else None,
-            tokens_in=tokens_in if chat and isinstance(tokens_in, int) else 0,
-            tokens_out=tokens_out if chat and isinstance(tokens_out, int) else 0,
+        )
+        if spec is None or spec.cost != CHAT:
+            return event
+        result = finished.result
+        session, model = event.session_id or result.get("session_id"), result.get("model")
+        tokens_in, tokens_out = result.get("tokens_in"), result.get("tokens_out")
+        return event._replace(
+            session_id=session if isinstance(session, str) else None,
+            model=model if isinstance(model, str) else None,
+            tokens_in=tokens_in if isinstance(tokens_in, int) else 0,
+            tokens_out=tokens_out if isinstance(tokens_out, int) else 0,
         )
 
     def _log_outcome(self, finished: Finished) -> None:

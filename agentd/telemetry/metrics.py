@@ -352,7 +352,7 @@ class _SecondBuckets:
         self._counts = [0] * window
 
     def add(self, n: int = 1) -> None:
-        second = math.floor(self._clock())
+        second = int(self._clock())  # floor for the clock's non-negative times, cheaper
         slot = second % self.window
         if self._stamps[slot] != second:
             self._stamps[slot] = second
