@@ -6,18 +6,20 @@ Exit statuses: 0 clean stop; 1 failure (another daemon owns the socket...);
 
 from __future__ import annotations
 
-import asyncio
+import gc
 import logging
 import os
 import sys
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import click
 
 from agentd import __version__
-from agentd.config import Config, current_environ, effective_items, load_config
-from agentd.errors import AgentdError, AlreadyRunning, ConfigError
-from agentd.paths import Paths, resolve_paths
+
+if TYPE_CHECKING:
+    from agentd.config import Config
+    from agentd.lifecycle import State
+    from agentd.paths import Paths
 
 EX_CONFIG: Final = 78
 logger = logging.getLogger("agentd")
@@ -54,6 +56,15 @@ def main(
     detached: bool,
 ) -> None:
     """The agentd daemon: an AI agent as a Linux service."""
+    # Start-up builds ~40,000 objects that nearly all live as long as the daemon,
+    # and the cyclic collector runs ~60 times over them as the modules load (~2%
+    # of the instructions to READY, docs/performance.md). So it is off until
+    # READY (_collect_again_once_ready), and the imports come after this.
+    gc.disable()
+    from agentd.config import current_environ, load_config
+    from agentd.errors import ConfigError
+    from agentd.paths import resolve_paths
+
     environ = current_environ()
     flags = {
         "daemon.socket_path": socket_path,
@@ -74,7 +85,10 @@ def main(
 
 
 def _run(config: Config, paths: Paths, detached: bool) -> int:
+    import asyncio
+
     from agentd.daemon import Daemon
+    from agentd.errors import AgentdError, AlreadyRunning, ConfigError
     from agentd.systemd import stderr_is_journal
     from agentd.telemetry.logs import setup_logging
 
@@ -82,6 +96,7 @@ def _run(config: Config, paths: Paths, detached: bool) -> int:
         config.log.level, config.log.ring_size, journal=stderr_is_journal(os.environ)
     )
     daemon = Daemon(config, paths, os.environ, sinks, detached=detached)
+    daemon.lifecycle.add_listener(_collect_again_once_ready)
     try:
         asyncio.run(daemon.run())
     except ConfigError as exc:
@@ -91,6 +106,19 @@ def _run(config: Config, paths: Paths, detached: bool) -> int:
     except AgentdError as exc:
         return _fatal(sinks.stderr, str(exc), 1)
     return 0
+
+
+def _collect_again_once_ready(old: State, new: State, reason: str) -> None:
+    """Turn the collector back on at READY (main() turned it off)."""
+    from agentd.lifecycle import State
+
+    if new is State.READY and not gc.isenabled():
+        # Freeze first: what start-up built lives as long as the daemon, and
+        # enabling alone would make the next collection walk all of it at once
+        # (~10 ms on the loop just after READY). Frozen, no collection ever walks
+        # it again; the ~400 garbage objects among it (~100 KB) stay with it.
+        gc.freeze()
+        gc.enable()
 
 
 def _fatal(stderr_handler: logging.Handler | None, message: str, status: int) -> int:
@@ -118,6 +146,8 @@ def _fail(message: str, status: int) -> None:
 
 
 def _print_config(config: Config, paths: Paths) -> None:
+    from agentd.config import current_environ, effective_items
+    from agentd.errors import ConfigError
     from agentd.secrets import load_gemini_key
 
     click.echo(f"# profile: {config.profile} (AGENTD_ENV)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -164,29 +163,32 @@ def load_config(
 def _defaults() -> dict[str, Any]:
     out: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
+        defaults = cls()
         for f in dataclasses.fields(cls):
-            out[f"{section}.{f.name}"] = getattr(cls(), f.name)
+            out[f"{section}.{f.name}"] = getattr(defaults, f.name)
     return out
 
 
 @functools.cache
-def _field_types() -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            out[f"{section}.{f.name}"] = hints[f.name]
-    return out
+def _field_types(section: str) -> dict[str, Any]:
+    """A section's field name -> type. Per section and on demand: get_type_hints
+    evaluates every annotation, and most starts only set keys of one or two sections."""
+    cls = SECTIONS.get(section)
+    if cls is None:
+        return {}
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _apply(
     values: dict[str, Any], sources: dict[str, str], layer: Mapping[str, Any], origin: str
 ) -> None:
-    types_by_key = _field_types()
     for key, raw in layer.items():
-        if key not in types_by_key:
+        section, _, name = key.partition(".")
+        declared = _field_types(section)
+        if name not in declared:
             raise ConfigError(f"{origin}: unknown key {key!r}")
-        values[key] = _coerce(key, raw, types_by_key[key], origin)
+        values[key] = _coerce(key, raw, declared[name], origin)
         sources[key] = origin
 
 
@@ -205,6 +207,8 @@ def _find_config_file(environ: Mapping[str, str], config_path: str | None) -> Pa
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    import tomllib  # ~4 ms: only paid when there is a file to read
+
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:

@@ -18,8 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +50,9 @@ class IllegalTransition(RuntimeError):
     pass
 
 
-@dataclass(frozen=True)
-class LifecycleStatistics:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class LifecycleStatistics(NamedTuple):
     state: State
     since: float  # monotonic time of the last transition
     reason: str

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from agentd.config import Config
 from agentd.protocol import default_socket_path
 
 
-@dataclass(frozen=True)
-class Paths:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class Paths(NamedTuple):
     state_dir: Path
     socket: Path
     credentials_dir: Path | None

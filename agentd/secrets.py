@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-import secrets as stdlib_secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NamedTuple
 
 from agentd.config import Config
 from agentd.errors import ConfigError
@@ -43,8 +41,9 @@ class Secret:
     __str__ = __repr__
 
 
-@dataclass(frozen=True)
-class DbKey:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class DbKey(NamedTuple):
     secret: Secret
     source: str  # where it came from, safe to show
 
@@ -85,6 +84,9 @@ def _read_hex_key(path: Path) -> str:
 
 
 def _generate_key(path: Path) -> str:
+    # Imported here: `secrets` pulls in hmac, and only a first start needs it.
+    import secrets as stdlib_secrets
+
     ensure_private_dir(path.parent)
     key = stdlib_secrets.token_hex(32)
     # O_EXCL: never overwrite a key that appeared meanwhile; 0600 from creation.

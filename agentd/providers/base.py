@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from agentd.providers.errors import ProviderError
@@ -22,16 +21,18 @@ OnChunk = Callable[[str], Awaitable[None]]
 """Receives each piece of answer text as it arrives (streaming mode)."""
 
 
-@dataclass(frozen=True)
-class Turn:
+# The records here (and the daemon's other small records on its path to READY)
+# are NamedTuples rather than frozen dataclasses: on Python 3.11 a frozen
+# dataclass compiles six methods as its module is imported, ~1 ms per class on
+# our machines, and READY waits for every one (docs/performance.md, startup).
+class Turn(NamedTuple):
     """One message of a conversation."""
 
     role: Role
     text: str
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
+class GenerationRequest(NamedTuple):
     """Everything a provider needs for one answer.
 
     `turns` is the fitted history, oldest first, ending with the user's new
@@ -44,8 +45,7 @@ class GenerationRequest:
     model: str | None = None
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):
     """The outcome of one request, always an answer the user can read.
 
     degraded      the text is not a complete model answer: a placeholder that

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from agentd.providers.base import Turn
 
@@ -25,8 +25,7 @@ CHARS_PER_TOKEN = 4
 TURN_OVERHEAD_TOKENS = 4
 
 
-@dataclass(frozen=True)
-class FittedHistory:
+class FittedHistory(NamedTuple):
     turns: tuple[Turn, ...]  # kept, oldest first
     omitted: int  # older turns left out
     estimated_tokens: int  # system prompt + kept turns

@@ -42,12 +42,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import random
 import time
 import types
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 from agentd.providers.base import Answer, GenerationRequest, OnChunk, Provider
 from agentd.providers.context import estimate_tokens, estimate_turn, fit_history
@@ -58,6 +58,9 @@ from agentd.providers.errors import (
     ProviderTimeout,
 )
 from agentd.providers.settings import ProviderSettings
+
+if TYPE_CHECKING:
+    import random
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +86,9 @@ class BreakerState(enum.StrEnum):
 OnStateChange = Callable[[BreakerState, BreakerState], None]
 
 
-@dataclass(frozen=True)
-class BreakerStatistics:
+# Statistics are NamedTuples, not frozen dataclasses: cheaper to define on the
+# path to READY (see base.py).
+class BreakerStatistics(NamedTuple):
     state: BreakerState
     consecutive_failures: int
     failure_threshold: int
@@ -221,14 +225,12 @@ class HealthStatus(enum.StrEnum):
     FAILED = "failed"  # not answering with the model (no key, key rejected, breaker open)
 
 
-@dataclass(frozen=True)
-class Health:
+class Health(NamedTuple):
     status: HealthStatus
     reason: str
 
 
-@dataclass(frozen=True)
-class ProviderStatistics:
+class ProviderStatistics(NamedTuple):
     requests: int
     answered: int  # answers written by a model, fallback included
     attempts: int
@@ -251,8 +253,7 @@ class KeyStatus(enum.StrEnum):
     MISCONFIGURED = "misconfigured"  # the key works, the [gemini] settings do not
 
 
-@dataclass(frozen=True)
-class KeyCheck:
+class KeyCheck(NamedTuple):
     status: KeyStatus
     detail: str
 
@@ -315,7 +316,7 @@ class ResilientProvider(Provider):
         self._settings = settings
         self._clock = clock
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._rng = rng  # None: made at the first backoff (see _jitter)
         self._breaker = CircuitBreaker(
             settings.breaker_failure_threshold,
             settings.breaker_cooldown_s,
@@ -333,7 +334,7 @@ class ResilientProvider(Provider):
     async def generate(self, request: GenerationRequest, on_chunk: OnChunk | None = None) -> Answer:
         now = self._clock()
         call = _Call(
-            request=replace(request, model=request.model or self._settings.model),
+            request=request._replace(model=request.model or self._settings.model),
             relay=_Relay(on_chunk) if on_chunk is not None else None,
             started=now,
             deadline_at=now + self._settings.deadline_s,
@@ -464,10 +465,20 @@ class ResilientProvider(Provider):
             delay = exc.retry_after
         else:
             ceiling = self._settings.backoff_base_s * 2 ** (failures - 1)
-            delay = self._rng.uniform(0, min(self._settings.backoff_max_s, ceiling))
+            delay = self._jitter(min(self._settings.backoff_max_s, ceiling))
         # Waiting past the deadline (Retry-After included) only delays the
         # inevitable; stop here and let the fallback or a degraded answer go.
         return delay if self._clock() + delay < stop_at else None
+
+    def _jitter(self, ceiling: float) -> float:
+        """Full jitter: uniform in [0, ceiling]."""
+        if self._rng is None:
+            # The `random` module costs ~2 ms of import: paid at the first retry,
+            # not on the daemon's path to READY.
+            import random
+
+            self._rng = random.Random()
+        return self._rng.uniform(0, ceiling)
 
     async def _attempt(self, call: _Call, model: str, stop_at: float) -> Answer:
         budget = stop_at - self._clock()
@@ -500,7 +511,7 @@ class ResilientProvider(Provider):
         def expiry() -> float:
             return min(loop.time() + limit, hard_stop)
 
-        request = replace(call.request, model=model)
+        request = call.request._replace(model=model)
         try:
             async with asyncio.timeout_at(expiry()) as scope:
                 if call.relay is None:
@@ -543,7 +554,7 @@ class ResilientProvider(Provider):
         fitted = fit_history(request.turns, budget, request.system_prompt)
         if fitted.omitted == 0:
             return False
-        call.request = replace(request, turns=fitted.turns)
+        call.request = request._replace(turns=fitted.turns)
         call.trim_notice = (
             f"The conversation was too long for the model: the {fitted.omitted} oldest "
             f"message(s) were left out of this answer's context."
@@ -562,7 +573,7 @@ class ResilientProvider(Provider):
             answer.notice,
             f"Answered by the fallback model {answer.model}." if fallback_used else None,
         )
-        return replace(answer, attempts=call.attempts, fallback_used=fallback_used, notice=notice)
+        return answer._replace(attempts=call.attempts, fallback_used=fallback_used, notice=notice)
 
     def _failed(self, call: _Call, model: str, error: ProviderError) -> Answer:
         if call.delivered:

@@ -20,15 +20,16 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentd.telemetry.settings import HealthSettings
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Alert:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class Alert(NamedTuple):
     name: str
     detail: str
     since: float  # wall-clock time the episode started
@@ -69,6 +70,8 @@ class AlertBoard:
         return sorted(self._active.values(), key=lambda alert: alert.since)
 
     def snapshot(self) -> list[dict[str, Any]]:
+        if not self._active:  # the usual case, on every `status`
+            return []
         return [alert.as_dict() for alert in self.active()]
 
     @property

@@ -32,9 +32,8 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from agentd.errors import StoreError
 from agentd.providers.resilience import (
@@ -75,8 +74,9 @@ _PROVIDER_LEVELS: Final = {
 _ORDER: Final = (Level.OK, Level.DEGRADED, Level.FAILED)
 
 
-@dataclass(frozen=True)
-class EncryptionFacts:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class EncryptionFacts(NamedTuple):
     cipher_version: str | None
     plaintext_header: bool | None  # None: the file could not be read
     integrity_problems: tuple[str, ...] | None  # None: not checked this time

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -63,8 +63,9 @@ def json_formatter() -> logging.Formatter:
     )
 
 
-@dataclass(frozen=True)
-class LogEntry:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class LogEntry(NamedTuple):
     created: float
     levelno: int
     request_id: str | None

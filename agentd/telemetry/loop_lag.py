@@ -12,14 +12,15 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class LoopLagStatistics:
+# A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
+# (see agentd/providers/base.py).
+class LoopLagStatistics(NamedTuple):
     last_s: float  # the latest measurement
     max_recent_s: float  # the worst of the last `window` measurements
     samples: int  # measurements since start
