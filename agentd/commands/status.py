@@ -25,7 +25,7 @@ def status(runtime: Runtime, call: Call) -> dict[str, Any]:
         "state_reason": lifecycle.reason,
         "healthy": runtime.health.healthy and state in SERVING,
         "session_id": runtime.session_id,
-        "uptime_s": round(runtime.uptime_s, 3),
+        "uptime_s": round(runtime.uptime_s * 1000) / 1000,  # round(x, 3) costs 2.5x as much
         "store": {"path": runtime.store_path, "size_bytes": runtime.store_size_bytes()},
         "in_flight": lifecycle.in_flight,
         "components": runtime.health.snapshot(),
