@@ -78,12 +78,8 @@ class Dispatcher:
         try:
             self._admit(call)
             result = spec.answer(self._runtime, call)
-        except RequestError as exc:
-            finished = Finished(call, spec, arrived, started, exc.code, {})
-            reply = self._error_reply(finished, exc)
-        except Exception:
-            finished = Finished(call, spec, arrived, started, ErrorCode.INTERNAL, {})
-            reply = self._internal_error_reply(finished)
+        except Exception as exc:
+            finished, reply = self._failed(Finished(call, spec, arrived, started, None, {}), exc)
         else:
             finished = Finished(call, spec, arrived, started, None, result)
             reply = self._ok_reply(finished)
@@ -96,17 +92,13 @@ class Dispatcher:
         spec = COMMANDS.get(request.cmd)  # None: unknown, refused by _admit
         try:
             result = await self._admit(call).handler(self._runtime, call)
-        except RequestError as exc:
-            finished = Finished(call, spec, arrived, started, exc.code, {})
-            reply = self._error_reply(finished, exc)
         except asyncio.CancelledError:
             # The client left or the daemon stops: the request still leaves its audit row.
             finished = Finished(call, spec, arrived, started, "CANCELLED", {})
             self._runtime.audit.record_nowait(self._audit_event(finished))
             raise
-        except Exception:
-            finished = Finished(call, spec, arrived, started, ErrorCode.INTERNAL, {})
-            reply = self._internal_error_reply(finished)
+        except Exception as exc:
+            finished, reply = self._failed(Finished(call, spec, arrived, started, None, {}), exc)
         else:
             finished = Finished(call, spec, arrived, started, None, result)
             reply = self._ok_reply(finished)
@@ -149,6 +141,14 @@ class Dispatcher:
         if spec.cost == CHEAP:  # chat is limited by the chat pipeline, per session too
             self._runtime.limiter.check(call.peer.uid, None, CHEAP)
         return spec
+
+    def _failed(self, unfinished: Finished, exc: Exception) -> tuple[Finished, dict[str, Any]]:
+        """A RequestError answers with its own code; anything else is INTERNAL."""
+        if isinstance(exc, RequestError):
+            finished = unfinished._replace(code=exc.code)
+            return finished, self._error_reply(finished, exc)
+        finished = unfinished._replace(code=ErrorCode.INTERNAL)
+        return finished, self._internal_error_reply(finished)
 
     def _ok_reply(self, finished: Finished) -> dict[str, Any]:
         self._log_outcome(finished)
