@@ -178,14 +178,15 @@ class ClientConnection(asyncio.Protocol):
         self._long_running = False
         if must_finish:
             self._server.end_finishing()
-        if task.cancelled():
-            return  # the client left or the daemon stops: no reply to send
-        failure = task.exception()
-        if failure is not None:  # dispatch answers every error; this is a bug in it
-            logger.error("request handling failed", exc_info=failure)
-            self._close()
-            return
-        self._send(task.result())
+        # Cancelled: the client left or the daemon stops, so there is no reply to
+        # send; the connection still moves on (and closes, after end-of-file).
+        if not task.cancelled():
+            failure = task.exception()
+            if failure is not None:  # dispatch answers every error; this is a bug in it
+                logger.error("request handling failed", exc_info=failure)
+                self._close()
+                return
+            self._send(task.result())
         self._since = self._loop.time()
         self._serve_buffered()
 

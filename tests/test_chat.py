@@ -8,6 +8,10 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from typing import Any
+
+import psutil
+import pytest
 
 from agentctl.client import Client
 from agentd.protocol import encode_frame, make_request
@@ -256,6 +260,32 @@ def test_client_hanging_up_cancels_the_chat_and_marks_it_interrupted(
     assert gemini_daemon.call("status")["state"] == "READY"
     statuses = [m["status"] for m in gemini_daemon.call("history")["messages"]]
     assert statuses == ["interrupted"]
+
+
+@pytest.mark.parametrize(
+    ("cmd", "args"), [("chat", {"message": "never mind"}), ("logs", {"follow": True})]
+)
+def test_a_client_that_hung_up_leaves_no_connection_behind(
+    gemini_daemon: DaemonProcess, fake_gemini: FakeGemini, cmd: str, args: dict[str, Any]
+) -> None:
+    """The daemon's end of a hung-up chat's or log follow's socket is closed, not
+    left half-open."""
+    assert gemini_daemon.process is not None
+    daemon = psutil.Process(gemini_daemon.process.pid)
+
+    def open_sockets() -> int:  # the listening socket and every accepted connection
+        return sum(c.laddr == gemini_daemon.socket for c in daemon.net_connections("unix"))
+
+    gemini_daemon.call("status")
+    wait_until(lambda: open_sockets() == 1, 10, "only the listening socket")
+    fake_gemini.set_default(hang())
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(gemini_daemon.socket)
+        sock.sendall(encode_frame(make_request(1, cmd, args)))
+        wait_until(lambda: open_sockets() == 2, 10, "the connection")
+        if cmd == "chat":
+            wait_until(lambda: len(fake_gemini.requests) >= 1, 10, "the chat to reach Gemini")
+    wait_until(lambda: open_sockets() == 1, 10, "the daemon to close its end")
 
 
 def test_sigterm_lets_an_in_flight_chat_finish(
