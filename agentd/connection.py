@@ -60,7 +60,6 @@ class ClientConnection(asyncio.Protocol):
         self._long_running = False  # the waiting handler ends when the client hangs up
         self._eof = False  # the client sent end-of-file: finish the current request, then close
         self._closed = False
-        self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
         self._since = self._loop.time()  # start of the current wait for a frame
         self._timer: asyncio.TimerHandle | None = None
@@ -214,13 +213,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _pace_reading(self) -> None:
         assert self._transport is not None
-        full = len(self._buffer) > HEADER.size + self._settings.max_frame_bytes
-        if full and not self._reading_paused:
+        if len(self._buffer) > HEADER.size + self._settings.max_frame_bytes:
             self._transport.pause_reading()
-            self._reading_paused = True
-        elif not full and self._reading_paused:
-            self._transport.resume_reading()
-            self._reading_paused = False
+        elif not self._transport.is_reading():
+            self._transport.resume_reading()  # a no-op on a closing transport
 
     # -- timeouts ------------------------------------------------------------------------
 

@@ -104,17 +104,21 @@ def test_example_config_in_etc_is_valid_and_complete() -> None:
     assert documented == set(config.sources), sorted(set(config.sources) - documented)
 
 
-def test_check_config_prints_values_and_sources_and_exits_0(tmp_path: Path) -> None:
-    env = clean_environ(tmp_path)
-    env["GEMINI_API_KEY"] = "AIza-secret-marker-123"
-    env["AGENTD_DAEMON__SHUTDOWN_GRACE_S"] = "3"
-    result = subprocess.run(
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
         [sys.executable, "-m", "agentd", "--check-config"],
         env=env,
         capture_output=True,
         timeout=30,
         check=False,
     )
+
+
+def test_check_config_prints_values_and_sources_and_exits_0(tmp_path: Path) -> None:
+    env = clean_environ(tmp_path)
+    env["GEMINI_API_KEY"] = "AIza-secret-marker-123"
+    env["AGENTD_DAEMON__SHUTDOWN_GRACE_S"] = "3"
+    result = check_config(env)
     assert result.returncode == 0, result.stderr
     out = result.stdout.decode()
     assert "shutdown_grace_s = 3.0  # environment" in out
@@ -125,12 +129,6 @@ def test_check_config_prints_values_and_sources_and_exits_0(tmp_path: Path) -> N
 def test_check_config_with_a_bad_file_exits_78(tmp_path: Path) -> None:
     env = clean_environ(tmp_path)
     write(Path(env["AGENTD_CONFIG"]), "[daemon]\nnope = 1\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "agentd", "--check-config"],
-        env=env,
-        capture_output=True,
-        timeout=30,
-        check=False,
-    )
+    result = check_config(env)
     assert result.returncode == 78
     assert "daemon.nope" in result.stderr.decode()

@@ -134,10 +134,6 @@ class AuditEvent(NamedTuple):
             max(0, self.tokens_out),
         )
 
-    def fields(self) -> dict[str, Any]:
-        """The content fields as the mapping audit_chain.seal() takes."""
-        return self.content()._asdict()
-
 
 # -- on the store thread ----------------------------------------------------------
 
