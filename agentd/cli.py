@@ -85,7 +85,9 @@ def main(
 
 
 def _run(config: Config, paths: Paths, detached: bool) -> int:
-    import asyncio
+    # uvloop: the asyncio loop on libuv. Same API, but reads, writes and timers
+    # run in C: ~30% more `status` requests/s on the same CPU (docs/performance.md).
+    import uvloop
 
     from agentd.daemon import Daemon
     from agentd.errors import AgentdError, AlreadyRunning, ConfigError
@@ -98,7 +100,7 @@ def _run(config: Config, paths: Paths, detached: bool) -> int:
     daemon = Daemon(config, paths, os.environ, sinks, detached=detached)
     daemon.lifecycle.add_listener(_collect_again_once_ready)
     try:
-        asyncio.run(daemon.run())
+        uvloop.run(daemon.run())
     except ConfigError as exc:
         return _fatal(sinks.stderr, str(exc), EX_CONFIG)
     except AlreadyRunning as exc:

@@ -401,10 +401,11 @@ class AuditWriter:
         await asyncio.gather(self._task, return_exceptions=True)
         self._task = None
         logger.info(
-            "audit head at shutdown: seq %d hash %s (%d rows this run, %d dropped)",
+            "audit head at shutdown: seq %d hash %s (%d rows this run in %d commits, %d dropped)",
             self._head.seq,
             self._head.hash,
             self._committed,
+            self._batches,
             self._dropped,
             extra={"audit_seq": self._head.seq, "audit_hash": self._head.hash},
         )

@@ -36,6 +36,13 @@ T = TypeVar("T")
 Connection = Any  # sqlcipher3.Connection has no type stubs
 SQLITE_PLAINTEXT_HEADER: Final = b"SQLite format 3\x00"
 
+# sqlcipher3 binds str, int, float and bytes directly, but sends every None
+# through its adapter lookup, which builds and discards two AttributeErrors
+# (~2.5 us a None, under the GIL). Each audit row binds three Nones, which was
+# half of the row's insert cost. An identity adapter for None makes that
+# lookup find an answer at once; the value bound is still NULL.
+sqlcipher3.register_adapter(type(None), lambda value: value)
+
 
 class Database:
     def __init__(self, path: Path, key: Secret, *, busy_timeout_ms: int = 5000) -> None:
