@@ -1,11 +1,13 @@
 """The floor for server_throughput: a minimal asyncio Unix-socket server, same framing.
 
-    python -m bench.floor_server --socket PATH --reply FILE.json
+    python -m bench.floor_server --socket PATH --reply FILE.json [--uvloop]
 
 Reads 4-byte big-endian length + msgpack frames with asyncio streams (as
 agentd does), and answers every request with the same canned result (the
 daemon's own `status` result, so reply sizes match). No validation, no
 dispatch, no logging: what any asyncio server must pay at the least.
+The issue's floor runs on the standard loop; with --uvloop it runs on the loop
+agentd itself uses, so the two ratios separate the loop's gain from ours.
 """
 
 from __future__ import annotations
@@ -55,10 +57,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True)
     parser.add_argument("--reply", required=True, help="JSON file: the result to answer with")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop, as agentd does")
     args = parser.parse_args()
     with open(args.reply, encoding="utf-8") as handle:
         result = json.load(handle)
-    asyncio.run(serve(args.socket, result))
+    if args.uvloop:
+        import uvloop
+
+        uvloop.run(serve(args.socket, result))
+    else:
+        asyncio.run(serve(args.socket, result))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,16 @@
 
     load generator (own process, asyncio protocols, 32 connections, closed loop)
         ├──▶ agentd                    the daemon, rate limits off
-        └──▶ bench/floor_server.py     minimal asyncio server, same framing: THE FLOOR
+        ├──▶ bench/floor_server.py     minimal asyncio server, same framing: THE FLOOR
+        └──▶ the same, on uvloop       for information: agentd runs on uvloop
 
 The same load generator drives both, alternately, for the same time after the
 same warm-up; each side gets ``rounds`` turns and its best one is reported (a
 noisy neighbour only ever slows a turn down). Targets: ≥ 20,000 req/s,
-p99 ≤ 5 ms, and ≥ 0.4 of the floor's requests/s. CPU used by the server and
-by the load generator during the turn shows which one was saturated.
+p99 ≤ 5 ms, and ≥ 0.4 of the floor's requests/s. The floor is the issue's:
+the standard asyncio loop. agentd runs on uvloop, so the same floor on uvloop
+is measured too and reported beside it, without a target. CPU used by the
+server and by the load generator during the turn shows which one was saturated.
 """
 
 from __future__ import annotations
@@ -40,16 +43,25 @@ def run(quick: bool) -> BenchResult:
         reply = workdir.path / "status.json"
         reply.write_text(json.dumps(daemon.call("status")))
         floor_socket = str(workdir.path / "floor.sock")
+        uv_socket = str(workdir.path / "floor-uvloop.sock")
         floor_argv = [PYTHON, "-m", "bench.floor_server", "--socket", floor_socket, "--reply", str(reply)]
-        with started_process(floor_argv, ready_text="listening") as (floor, _line):
-            turns: dict[str, list[dict[str, Any]]] = {"agentd": [], "floor": []}
+        uv_argv = [PYTHON, "-m", "bench.floor_server", "--socket", uv_socket, "--reply", str(reply),
+                   "--uvloop"]
+        with (
+            started_process(floor_argv, ready_text="listening") as (floor, _line),
+            started_process(uv_argv, ready_text="listening") as (uv_floor, _uv_line),
+        ):
+            turns: dict[str, list[dict[str, Any]]] = {"agentd": [], "floor": [], "floor_uvloop": []}
             for _ in range(rounds):
                 turns["agentd"].append(turn(daemon.socket, daemon.pid, duration, warmup))
                 turns["floor"].append(turn(floor_socket, floor.pid, duration, warmup))
+                turns["floor_uvloop"].append(turn(uv_socket, uv_floor.pid, duration, warmup))
         daemon.stop()
-    ours, base = best(turns["agentd"]), best(turns["floor"])
+    ours, base, uv_base = best(turns["agentd"]), best(turns["floor"]), best(turns["floor_uvloop"])
     result.add(Figure(f"agentd status, {CONNECTIONS} connections", ours["rate"], "req/s",
                       "minimal asyncio server", base["rate"], (at_least(20_000), at_least(0.4, "ratio"))))
+    result.add(Figure("agentd status vs the floor on uvloop", ours["rate"], "req/s",
+                      "minimal server on uvloop", uv_base["rate"]))
     result.add(Figure("agentd p50 latency", ours["latency_ms"]["p50"], "ms",
                       "minimal asyncio server", base["latency_ms"]["p50"]))
     result.add(Figure("agentd p99 latency", ours["latency_ms"]["p99"], "ms",
@@ -62,7 +74,9 @@ def run(quick: bool) -> BenchResult:
         f"one load-generator process (asyncio protocols), {CONNECTIONS} connections, closed loop",
         f"CPU share during the turn: agentd {ours['server_cpu_share']:.0%}, its load generator "
         f"{ours['client_cpu_share']:.0%}; floor server {base['server_cpu_share']:.0%}, "
-        f"its load generator {base['client_cpu_share']:.0%} (100% = one core)",
+        f"its load generator {base['client_cpu_share']:.0%}; floor on uvloop "
+        f"{uv_base['server_cpu_share']:.0%}, its load generator {uv_base['client_cpu_share']:.0%} "
+        "(100% = one core)",
     ]
     if any(t["errors"] for side in turns.values() for t in side):
         result.notes.append(f"error replies seen: {[t['errors'] for t in turns['agentd']]}")
