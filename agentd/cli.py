@@ -86,7 +86,7 @@ def main(
 
 def _run(config: Config, paths: Paths, detached: bool) -> int:
     # uvloop: the asyncio loop on libuv. Same API, but reads, writes and timers
-    # run in C: ~30% more `status` requests/s on the same CPU (docs/performance.md).
+    # run in C: 15-30% more `status` requests/s on the same CPU (docs/performance.md).
     import uvloop
 
     from agentd.daemon import Daemon

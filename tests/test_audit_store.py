@@ -308,6 +308,39 @@ def test_rows_that_cannot_be_written_are_dropped_and_counted(tmp_path: Path) -> 
     assert dropped == 10  # each refused at the full queue or given up at close
 
 
+def test_malformed_events_are_left_out_and_the_writer_goes_on(db_path: Path) -> None:
+    """The fast sealing path trusts its types. An ill-typed event (a bug in its producer)
+    fails its batch on the store thread; the writer leaves it out, counts it as dropped,
+    commits the rest of the batch, and keeps writing later rows."""
+    malformed = [
+        event(1, peer_uid="1000"),  # %d refuses it while sealing: TypeError
+        event(3, latency_s=None),  # content() cannot round it: TypeError
+        event(5, tokens_in=1.5),  # seals, but the STRICT table refuses it: StoreError
+        event(7, command="status\ud800"),  # seals, but is not UTF-8 for SQLite
+    ]
+    good = [event(n) for n in (0, 2, 4, 6, 8)]
+
+    async def scenario() -> tuple[list[dict[str, Any]], Any]:
+        db = Database(db_path, KEY)
+        await db.open()
+        writer = AuditWriter(db, max_batch=100, retry_max_s=0.05)
+        await writer.start()
+        for item in sorted(good + malformed, key=lambda e: e.at):
+            assert writer.record_nowait(item)
+        await writer.flush()
+        assert writer.record_nowait(event(9))  # the writer still runs
+        await writer.close()
+        stats = writer.statistics()
+        rows = await db.run(all_rows)
+        await db.close()
+        return rows, stats
+
+    rows, stats = run(scenario)
+    assert [r["request_id"] for r in rows] == ["r-0000", "r-0002", "r-0004", "r-0006", "r-0008", "r-0009"]
+    assert verify_chain(rows).ok
+    assert stats.committed == 6 and stats.dropped == 4 and not stats.failing
+
+
 def test_verify_of_an_empty_trail_is_ok(db_path: Path) -> None:
     result, anchor = with_db(db_path, audit.verify)
     assert result.ok and result.rows_checked == 0 and result.head == GENESIS and anchor is None

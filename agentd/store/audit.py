@@ -52,7 +52,9 @@ from agentd.audit_chain import (
     GENESIS,
     Anchor,
     Content,
+    MalformedRow,
     VerifyResult,
+    canonical_bytes,
     checked_hash,
     format_ts,
     hash_content,
@@ -133,6 +135,20 @@ class AuditEvent(NamedTuple):
             max(0, self.tokens_in),
             max(0, self.tokens_out),
         )
+
+
+def well_formed(event: AuditEvent) -> bool:
+    """Does `event` pass the chain's full field checks? The fast sealing path
+    trusts its types; this is how a batch it failed on finds the culprit."""
+    try:
+        content = event.content()
+        canonical_bytes({"seq": 1, **content._asdict()})
+        for value in content:
+            if isinstance(value, str):
+                value.encode("utf-8")  # what SQLite stores: a lone surrogate cannot go in
+    except (MalformedRow, TypeError, ValueError, AttributeError):
+        return False
+    return True
 
 
 # -- on the store thread ----------------------------------------------------------
@@ -434,19 +450,34 @@ class AuditWriter:
                 count = min(len(self._pending), self._max_batch)
                 batch = [self._pending.popleft() for _ in range(count)]
                 self._in_batch = count
-                await self._commit(batch)
+                malformed = await self._commit(batch)
                 self._in_batch = 0
-                self._committed += count
+                self._committed += count - malformed
                 self._batches += 1
+                self._dropped += malformed
                 self._settle(count)
 
-    async def _commit(self, batch: list[AuditEvent]) -> None:
-        """Commit one batch, retrying with backoff while the store fails."""
+    async def _commit(self, batch: list[AuditEvent]) -> int:
+        """Commit one batch, retrying with backoff while the store fails; returns
+        how many malformed events were left out."""
         delay = 0.05
+        malformed = 0
         while True:
             try:
                 self._head = await self._db.run(commit_rows, batch)
-            except StoreError as exc:
+            except (StoreError, TypeError, ValueError, AttributeError) as exc:
+                # An event the fast path cannot seal (TypeError...) or the STRICT
+                # table refuses (a StoreError), from a bug in whatever built it,
+                # would fail its batch forever and stop the trail for everyone:
+                # leave such events out, loudly, and retry the rest at once.
+                good = [event for event in batch if well_formed(event)]
+                if len(good) < len(batch):
+                    self._log_malformed(batch, exc)
+                    malformed += len(batch) - len(good)
+                    batch = good
+                    continue
+                if not isinstance(exc, StoreError):
+                    raise  # no culprit: the bug is here; let the task's failure show it
                 if not self._failing:
                     logger.error("audit rows cannot be committed, retrying: %s", exc)
                 self._failing = True
@@ -456,7 +487,18 @@ class AuditWriter:
             if self._failing:
                 logger.info("audit writer recovered (%d rows dropped so far)", self._dropped)
             self._failing = False
-            return
+            return malformed
+
+    @staticmethod
+    def _log_malformed(batch: list[AuditEvent], exc: Exception) -> None:
+        bad = [event.request_id for event in batch if not well_formed(event)]
+        logger.critical(
+            "audit rows left out: %d malformed event(s), a bug in their producer (%s: %s): %s",
+            len(bad),
+            exc.__class__.__name__,
+            exc,
+            ", ".join(repr(request_id) for request_id in bad[:5]),
+        )
 
     def _settle(self, count: int) -> None:
         self._settled += count
