@@ -462,6 +462,7 @@ class AuditWriter:
         how many malformed events were left out."""
         delay = 0.05
         malformed = 0
+        checked = False  # every event of `batch` is known to be well formed
         while True:
             try:
                 self._head = await self._db.run(commit_rows, batch)
@@ -470,12 +471,14 @@ class AuditWriter:
                 # table refuses (a StoreError), from a bug in whatever built it,
                 # would fail its batch forever and stop the trail for everyone:
                 # leave such events out, loudly, and retry the rest at once.
-                good = [event for event in batch if well_formed(event)]
-                if len(good) < len(batch):
-                    self._log_malformed(batch, exc)
-                    malformed += len(batch) - len(good)
-                    batch = good
-                    continue
+                if not checked:
+                    good = [event for event in batch if well_formed(event)]
+                    checked = True
+                    if len(good) < len(batch):
+                        self._log_malformed(batch, exc)
+                        malformed += len(batch) - len(good)
+                        batch = good
+                        continue
                 if not isinstance(exc, StoreError):
                     raise  # no culprit: the bug is here; let the task's failure show it
                 if not self._failing:
@@ -491,7 +494,7 @@ class AuditWriter:
 
     @staticmethod
     def _log_malformed(batch: list[AuditEvent], exc: Exception) -> None:
-        bad = [event.request_id for event in batch if not well_formed(event)]
+        bad = [getattr(event, "request_id", None) for event in batch if not well_formed(event)]
         logger.critical(
             "audit rows left out: %d malformed event(s), a bug in their producer (%s: %s): %s",
             len(bad),
