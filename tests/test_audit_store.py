@@ -24,7 +24,7 @@ from agentd.audit_chain import (
 from agentd.errors import StoreError
 from agentd.secrets import Secret
 from agentd.store import audit
-from agentd.store.audit import AuditEvent, AuditQuery, AuditWriter
+from agentd.store.audit import AuditEvent, AuditQuery, AuditStatistics, AuditWriter
 from agentd.store.database import Connection, Database, transaction
 from agentd.store.migrations import migrate
 from tests.test_audit_chain import END_OF_9999, TRICKY_CHARACTERS, texts
@@ -241,26 +241,36 @@ def test_recent_filters_and_orders_newest_first(db_path: Path) -> None:
     assert ids(AuditQuery(limit=1)) == ["r-0004"]
 
 
+def with_writer(
+    db_path: Path, feed: Callable[[AuditWriter], Coroutine[Any, Any, None]], **options: Any
+) -> tuple[list[dict[str, Any]], AuditStatistics]:
+    """Start a writer on the store, let `feed` use it, close it; the rows and its statistics."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], AuditStatistics]:
+        db = Database(db_path, KEY)
+        await db.open()
+        writer = AuditWriter(db, **options)
+        await writer.start()
+        await feed(writer)
+        await writer.close()
+        rows = await db.run(all_rows)
+        await db.close()
+        return rows, writer.statistics()
+
+    return run(scenario)
+
+
 def test_writer_group_commits_and_record_now_share_one_chain(db_path: Path) -> None:
     """Queued rows, a row committed at once, more queued rows: one gap-free chain."""
 
-    async def scenario() -> tuple[list[dict[str, Any]], Any]:
-        db = Database(db_path, KEY)
-        await db.open()
-        writer = AuditWriter(db, max_batch=4)
-        await writer.start()
+    async def feed(writer: AuditWriter) -> None:
         for n in range(10):
             assert writer.record_nowait(event(n))
         await writer.record_now(event(100, command="chat", model="m", tokens_in=1, tokens_out=2))
         for n in range(10, 20):
             await writer.record(event(n))
-        await writer.close()
-        stats = writer.statistics()
-        rows = await db.run(all_rows)
-        await db.close()
-        return rows, stats
 
-    rows, stats = run(scenario)
+    rows, stats = with_writer(db_path, feed, max_batch=4)
     assert len(rows) == 21
     assert verify_chain(rows).ok
     assert stats.committed == 21 and stats.dropped == 0 and stats.queued == 0
@@ -320,22 +330,13 @@ def test_malformed_events_are_left_out_and_the_writer_goes_on(db_path: Path) -> 
     ]
     good = [event(n) for n in (0, 2, 4, 6, 8)]
 
-    async def scenario() -> tuple[list[dict[str, Any]], Any]:
-        db = Database(db_path, KEY)
-        await db.open()
-        writer = AuditWriter(db, max_batch=100, retry_max_s=0.05)
-        await writer.start()
+    async def feed(writer: AuditWriter) -> None:
         for item in sorted(good + malformed, key=lambda e: e.at):
             assert writer.record_nowait(item)
         await writer.flush()
         assert writer.record_nowait(event(9))  # the writer still runs
-        await writer.close()
-        stats = writer.statistics()
-        rows = await db.run(all_rows)
-        await db.close()
-        return rows, stats
 
-    rows, stats = run(scenario)
+    rows, stats = with_writer(db_path, feed, max_batch=100, retry_max_s=0.05)
     assert [r["request_id"] for r in rows] == ["r-0000", "r-0002", "r-0004", "r-0006", "r-0008", "r-0009"]
     assert verify_chain(rows).ok
     assert stats.committed == 6 and stats.dropped == 4 and not stats.failing
