@@ -151,6 +151,16 @@ def well_formed(event: AuditEvent) -> bool:
     return True
 
 
+def _log_malformed(bad: list[AuditEvent], exc: Exception) -> None:
+    logger.critical(
+        "audit rows left out: %d malformed event(s), a bug in their producer (%s: %s): %s",
+        len(bad),
+        exc.__class__.__name__,
+        exc,
+        ", ".join(repr(getattr(event, "request_id", None)) for event in bad[:5]),
+    )
+
+
 # -- on the store thread ----------------------------------------------------------
 
 
@@ -472,11 +482,14 @@ class AuditWriter:
                 # would fail its batch forever and stop the trail for everyone:
                 # leave such events out, loudly, and retry the rest at once.
                 if not checked:
-                    good = [event for event in batch if well_formed(event)]
                     checked = True
-                    if len(good) < len(batch):
-                        self._log_malformed(batch, exc)
-                        malformed += len(batch) - len(good)
+                    good: list[AuditEvent] = []
+                    bad: list[AuditEvent] = []
+                    for event in batch:
+                        (good if well_formed(event) else bad).append(event)
+                    if bad:
+                        _log_malformed(bad, exc)
+                        malformed += len(bad)
                         batch = good
                         continue
                 if not isinstance(exc, StoreError):
@@ -491,17 +504,6 @@ class AuditWriter:
                 logger.info("audit writer recovered (%d rows dropped so far)", self._dropped)
             self._failing = False
             return malformed
-
-    @staticmethod
-    def _log_malformed(batch: list[AuditEvent], exc: Exception) -> None:
-        bad = [getattr(event, "request_id", None) for event in batch if not well_formed(event)]
-        logger.critical(
-            "audit rows left out: %d malformed event(s), a bug in their producer (%s: %s): %s",
-            len(bad),
-            exc.__class__.__name__,
-            exc,
-            ", ".join(repr(request_id) for request_id in bad[:5]),
-        )
 
     def _settle(self, count: int) -> None:
         self._settled += count
