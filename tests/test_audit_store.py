@@ -309,6 +309,8 @@ def test_rows_that_cannot_be_written_are_dropped_and_counted(tmp_path: Path) -> 
         await db.close()
         for n in range(10):
             await writer.record(event(n))
+        with pytest.raises(StoreError):  # a well-formed row the store cannot take
+            await writer.record_now(event(10))
         stats = writer.statistics()
         await writer.close(timeout=0.1)
         return writer.statistics().dropped, stats.failing
@@ -340,6 +342,26 @@ def test_malformed_events_are_left_out_and_the_writer_goes_on(db_path: Path) -> 
     assert [r["request_id"] for r in rows] == ["r-0000", "r-0002", "r-0004", "r-0006", "r-0008", "r-0009"]
     assert verify_chain(rows).ok
     assert stats.committed == 6 and stats.dropped == 4 and not stats.failing
+
+
+def test_a_malformed_event_committed_at_once_is_left_out_and_the_trail_goes_on(
+    db_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """record_now (a chat's row) leaves a malformed event out the same way, instead of
+    failing the request it belongs to; a store failure would still raise."""
+
+    async def feed(writer: AuditWriter) -> None:
+        await writer.record_now(event(0))
+        await writer.record_now(event(1, peer_uid="1000"))  # TypeError while sealing
+        await writer.record_now(event(2, tokens_in=1.5))  # the STRICT table refuses it
+        await writer.record_now(event(3))
+
+    rows, stats = with_writer(db_path, feed)
+    assert [r["request_id"] for r in rows] == ["r-0000", "r-0003"]
+    assert verify_chain(rows).ok
+    assert stats.committed == 2 and stats.dropped == 2
+    left_out = [r for r in caplog.records if r.msg.startswith("audit rows left out")]
+    assert [r.args[-1] for r in left_out] == ["'r-0001'", "'r-0002'"]
 
 
 def test_verify_of_an_empty_trail_is_ok(db_path: Path) -> None:

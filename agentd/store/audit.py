@@ -406,8 +406,18 @@ class AuditWriter:
         self._settle_dropped(1)
 
     async def record_now(self, event: AuditEvent) -> Anchor:
-        """Commit one row before returning; StoreError if the store fails."""
-        head: Anchor = await self._db.run(commit_rows, [event])
+        """Commit one row before returning; StoreError if the store fails.
+
+        A malformed event is left out, logged and counted as dropped, as in a
+        batch: the reply it belongs to has already been committed."""
+        try:
+            head: Anchor = await self._db.run(commit_rows, [event])
+        except (StoreError, TypeError, ValueError, AttributeError) as exc:
+            if well_formed(event):
+                raise
+            _log_malformed([event], exc)
+            self._dropped += 1
+            return self._head
         self._committed += 1
         self._head = head
         return head
