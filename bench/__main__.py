@@ -24,6 +24,7 @@ from bench.report import BenchResult, host_info, print_result, print_summary, wr
 BENCHES: Final = (
     "client_latency",
     "server_throughput",
+    "instructions",
     "startup",
     "chat_throughput",
     "store_scale",
