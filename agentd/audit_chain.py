@@ -260,8 +260,8 @@ def compute_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
-# Copied, not constructed, per row: hashlib.sha256() looks the algorithm up in
-# OpenSSL 3 on every call, half the cost of hashing a row (callgrind, timeit).
+# Copied, not constructed, per row: hashlib.sha256() fetches the algorithm from
+# OpenSSL 3 on every call, a locked lookup; copying saves 0.4-1.3 us a row (timeit).
 _SHA256: Final = hashlib.sha256()
 
 

@@ -348,7 +348,8 @@ def test_a_malformed_event_committed_at_once_is_left_out_and_the_trail_goes_on(
     db_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """record_now (a chat's row) leaves a malformed event out the same way, instead of
-    failing the request it belongs to; a store failure would still raise."""
+    failing the request it belongs to. (A store failure still raises: see
+    test_rows_that_cannot_be_written_are_dropped_and_counted.)"""
 
     async def feed(writer: AuditWriter) -> None:
         await writer.record_now(event(0))

@@ -409,7 +409,7 @@ class AuditWriter:
         """Commit one row before returning; StoreError if the store fails.
 
         A malformed event is left out, logged and counted as dropped, as in a
-        batch: the reply it belongs to has already been committed."""
+        batch, rather than failing a chat whose answer is already committed."""
         try:
             head: Anchor = await self._db.run(commit_rows, [event])
         except (StoreError, TypeError, ValueError, AttributeError) as exc:
