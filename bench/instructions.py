@@ -68,8 +68,10 @@ def run(quick: bool) -> BenchResult:
     result.notes += [
         f"counted over {count} requests after {WARMUP_REQUESTS} warm-up requests; "
         "per thread: " + ", ".join(f"agentd thread {t} {n:,.0f}" for t, n in ours.items()),
-        f"audit rows per commit under callgrind: {rows_per_commit or 0:.1f}, warm-up included "
-        "(at full speed a commit holds hundreds: the store thread's count is an upper bound)",
+        "audit rows per commit under callgrind: "
+        + (f"{rows_per_commit:.1f}" if rows_per_commit is not None else "not logged")
+        + ", warm-up included (at full speed a commit holds hundreds: the store thread's "
+        "count is an upper bound)",
         f"at equal cost per instruction, agentd would serve {floor_all / ours_all:.2f}x the "
         f"floor's requests/s (event loop alone: {floor[1] / ours[1]:.2f}x)",
     ]
