@@ -321,6 +321,14 @@ class Daemon:
             return client.call(cmd, args)
 
 
+def save_status_reply(daemon: Daemon) -> Path:
+    """The daemon's own `status` result as a JSON file, for the floor server to answer
+    with (so the floor's replies are as large as agentd's)."""
+    path = daemon.workdir.path / "status.json"
+    path.write_text(json.dumps(daemon.call("status")))
+    return path
+
+
 def proc_status_kb(pid: int, key: str) -> int:
     """A ``kB`` field of /proc/PID/status (VmRSS, VmHWM...)."""
     text = Path(f"/proc/{pid}/status").read_text()

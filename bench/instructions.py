@@ -19,7 +19,6 @@ instruction costs (cache misses, the GIL handed between threads).
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from bench.harness import (
     Workdir,
     limits_overrides,
     run_json,
+    save_status_reply,
     started_process,
     with_interpreter_flags,
 )
@@ -55,8 +55,8 @@ def run(quick: bool) -> BenchResult:
     with Workdir() as workdir:
         out = workdir.path / "callgrind"
         out.mkdir()
-        ours, rows_per_commit = measure_agentd(workdir, limits_env, out, count)
-        floor = measure_floor(workdir, out, count)
+        ours, rows_per_commit, reply = measure_agentd(workdir, limits_env, out, count)
+        floor = measure_floor(workdir, reply, out, count)
     ours_all, floor_all = sum(ours.values()), sum(floor.values())
     result.add(Figure("instructions per status, agentd event loop", ours[1], "instr",
                       "floor server", floor[1]))
@@ -84,24 +84,21 @@ def callgrind(out: Path, label: str) -> list[str]:
 
 
 def measure_agentd(workdir: Workdir, env: dict[str, str], out: Path,
-                   count: int) -> tuple[dict[int, float], float | None]:
-    """Instructions per request by thread, and the audit rows per commit."""
+                   count: int) -> tuple[dict[int, float], float | None, Path]:
+    """Instructions per request by thread, the audit rows per commit, and the
+    daemon's status reply for the floor to answer with."""
     argv = [*callgrind(out, "agentd"), *with_interpreter_flags(AGENTD)]
     with Daemon(workdir, workdir.environ(**env), argv=argv) as daemon:
         daemon.start(timeout=START_TIMEOUT_S)
+        reply = save_status_reply(daemon)  # before the load, as server_throughput takes it
         counts = count_requests(daemon.socket, daemon.pid, out, "agentd", count)
         daemon.stop(timeout=START_TIMEOUT_S)
         commits = re.search(r"(\d+) rows this run in (\d+) commits", daemon.stderr_text())
     rows_per_commit = int(commits.group(1)) / max(int(commits.group(2)), 1) if commits else None
-    return counts, rows_per_commit
+    return counts, rows_per_commit, reply
 
 
-def measure_floor(workdir: Workdir, out: Path, count: int) -> dict[int, float]:
-    with Daemon(workdir, workdir.environ()) as daemon:  # the floor answers with agentd's status
-        daemon.start()
-        reply = workdir.path / "status.json"
-        reply.write_text(json.dumps(daemon.call("status")))
-        daemon.stop()
+def measure_floor(workdir: Workdir, reply: Path, out: Path, count: int) -> dict[int, float]:
     socket_path = str(workdir.path / "floor.sock")
     argv = [*callgrind(out, "floor"), PYTHON, "-m", "bench.floor_server", "--socket", socket_path,
             "--reply", str(reply)]

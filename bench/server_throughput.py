@@ -16,7 +16,6 @@ server and by the load generator during the turn shows which one was saturated.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from bench.harness import (
@@ -26,6 +25,7 @@ from bench.harness import (
     limits_overrides,
     proc_cpu_s,
     run_json,
+    save_status_reply,
     started_process,
 )
 from bench.report import BenchResult, Figure, at_least, at_most
@@ -41,8 +41,7 @@ def run(quick: bool) -> BenchResult:
     limits_env, limits_note = limits_overrides(enabled=False)
     with Workdir() as workdir, Daemon(workdir, workdir.environ(**limits_env)) as daemon:
         daemon.start()
-        reply = workdir.path / "status.json"
-        reply.write_text(json.dumps(daemon.call("status")))
+        reply = save_status_reply(daemon)
         floor_socket = str(workdir.path / "floor.sock")
         uv_socket = str(workdir.path / "floor-uvloop.sock")
         floor_argv = [PYTHON, "-m", "bench.floor_server", "--socket", floor_socket, "--reply", str(reply)]
