@@ -151,6 +151,18 @@ def well_formed(event: AuditEvent) -> bool:
     return True
 
 
+def _without_malformed(events: list[AuditEvent], exc: Exception) -> list[AuditEvent]:
+    """`events` less those that fail the chain's checks, which are logged as left out
+    (`exc` is the error their commit failed with)."""
+    good: list[AuditEvent] = []
+    bad: list[AuditEvent] = []
+    for event in events:
+        (good if well_formed(event) else bad).append(event)
+    if bad:
+        _log_malformed(bad, exc)
+    return good
+
+
 def _log_malformed(bad: list[AuditEvent], exc: Exception) -> None:
     logger.critical(
         "audit rows left out: %d malformed event(s), a bug in their producer (%s: %s): %s",
@@ -413,9 +425,8 @@ class AuditWriter:
         try:
             head: Anchor = await self._db.run(commit_rows, [event])
         except (StoreError, TypeError, ValueError, AttributeError) as exc:
-            if well_formed(event):
-                raise
-            _log_malformed([event], exc)
+            if _without_malformed([event], exc):
+                raise  # well formed: the store failed
             self._dropped += 1
             return self._head
         self._committed += 1
@@ -493,13 +504,9 @@ class AuditWriter:
                 # leave such events out, loudly, and retry the rest at once.
                 if not checked:
                     checked = True
-                    good: list[AuditEvent] = []
-                    bad: list[AuditEvent] = []
-                    for event in batch:
-                        (good if well_formed(event) else bad).append(event)
-                    if bad:
-                        _log_malformed(bad, exc)
-                        malformed += len(bad)
+                    good = _without_malformed(batch, exc)
+                    if len(good) < len(batch):
+                        malformed += len(batch) - len(good)
                         batch = good
                         continue
                 if not isinstance(exc, StoreError):
