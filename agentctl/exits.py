@@ -20,6 +20,8 @@ BY_ERROR_CODE: Final = {
     "UNKNOWN_COMMAND": USAGE,
     "NOT_READY": RETRY_LATER,
     "SHUTTING_DOWN": NOT_RUNNING,
+    "DISK_FULL": FAILED,  # named for the reader: a lasting condition, not "retry later"
+    "STORE_UNAVAILABLE": FAILED,
 }
 
 

@@ -52,12 +52,15 @@ Threat model, honestly:
   can derive the HMAC key too. So we do not pretend; the chain stays plain.
 - What catches a careful rewrite is an *anchor*: a (seq, hash) of a past head
   kept where the attacker cannot rewrite it. The daemon records its head in
-  its state table (defeats only edits of the audit table alone), logs it to
+  its state table (defeats only edits of the audit table alone), in the file
+  ``agentd.anchor`` beside the database after every commit (defeats a rollback
+  of the whole database file to an older copy, which needs no key: the
+  anchored head is missing from it; see agentd/store/anchor.py), logs it to
   the journal at shutdown and periodically (defeats a rewrite unless the
   journal is rewritten too; journald's sealing with ``--setup-keys`` or log
-  shipping off the box make that hard), and an operator can note it down. A
-  rollback of the whole database file to an older copy is caught the same way:
-  the anchored head is missing from it.
+  shipping off the box make that hard), and an operator can note it down.
+  Whoever can write the state directory can rewrite the anchor file too: it
+  catches accidents and copies put back, not root.
 - Nothing here detects rows appended after the latest anchor and then removed
   or rewritten before the next one. Anchor often enough for your needs.
 
@@ -162,6 +165,7 @@ class Breakage(StrEnum):
     DUPLICATED = "seq repeated"
     ANCHOR_MISMATCH = "history rewritten before the anchor"
     TRUNCATED = "rows deleted up to the anchor"
+    ROLLED_BACK = "database rolled back: older than the anchor file"
 
 
 @dataclass(frozen=True)

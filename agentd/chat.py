@@ -118,13 +118,16 @@ class ChatPipeline:
         self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None
     ) -> ChatReply:
         started = time.monotonic()
-        user_turn = await self._db.run(messages.record_user_turn, session.id, request_id, prompt)
+        # run_checked: refused (STORE_UNAVAILABLE) if the database files were replaced.
+        user_turn = await self._db.run_checked(
+            messages.record_user_turn, session.id, request_id, prompt
+        )
         try:
             request, left_out = await self._build_request(session, request_id, prompt)
             asked = time.monotonic()
             answer = await self._provider.generate(request, on_chunk)
             self._metrics.observe_provider(time.monotonic() - asked)
-            await self._db.run(
+            await self._db.run_checked(
                 messages.record_model_turn, session.id, request_id, user_turn, _model_turn(answer)
             )
         except BaseException:

@@ -1,7 +1,8 @@
 """`agentd`: run the daemon in the foreground (what systemd runs), or check the config.
 
-Exit statuses: 0 clean stop; 1 failure (another daemon owns the socket...);
-78 (EX_CONFIG) a start-up failure a restart cannot fix: bad config, wrong DB key.
+Exit statuses: 0 clean stop; 1 failure (another daemon owns the socket or the
+state directory...); 78 (EX_CONFIG) a start-up failure a restart cannot fix:
+bad config, wrong DB key, a database missing or older than its audit anchor.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ logger = logging.getLogger("agentd")
 @click.option("--state-dir", metavar="DIR", help="Directory for the database, keys and log files.")
 @click.option("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR.")
 @click.option(
+    "--accept-rollback",
+    is_flag=True,
+    help="Start even though the database is older than its audit anchor (restored "
+    "from a copy, or missing); `audit verify` keeps reporting the gap.",
+)
+@click.option(
     "--detached",
     is_flag=True,
     hidden=True,
@@ -53,6 +60,7 @@ def main(
     socket_path: str | None,
     state_dir: str | None,
     log_level: str | None,
+    accept_rollback: bool,
     detached: bool,
 ) -> None:
     """The agentd daemon: an AI agent as a Linux service."""
@@ -81,10 +89,10 @@ def main(
     if check_config:
         _print_config(config, paths)
         return
-    sys.exit(_run(config, paths, detached))
+    sys.exit(_run(config, paths, detached, accept_rollback))
 
 
-def _run(config: Config, paths: Paths, detached: bool) -> int:
+def _run(config: Config, paths: Paths, detached: bool, accept_rollback: bool) -> int:
     # uvloop: the asyncio loop on libuv. Same API, but reads, writes and timers
     # run in C: 15-30% more `status` requests/s on the same CPU (docs/performance.md).
     import uvloop
@@ -97,7 +105,9 @@ def _run(config: Config, paths: Paths, detached: bool) -> int:
     sinks = setup_logging(
         config.log.level, config.log.ring_size, journal=stderr_is_journal(os.environ)
     )
-    daemon = Daemon(config, paths, os.environ, sinks, detached=detached)
+    daemon = Daemon(
+        config, paths, os.environ, sinks, detached=detached, accept_rollback=accept_rollback
+    )
     daemon.lifecycle.add_listener(_collect_again_once_ready)
     try:
         uvloop.run(daemon.run())

@@ -32,13 +32,15 @@ from agentd.ratelimit import RequestLimiter
 from agentd.runtime import Runtime
 from agentd.secrets import load_db_key, load_gemini_key
 from agentd.server import Server, bind_socket, refuse_waiting_clients
+from agentd.statelock import StateLock
 from agentd.store import messages, sessions, state
-from agentd.store.audit import AuditWriter
+from agentd.store.anchor import ANCHOR_NAME, AnchorFile, refuse_missing_database
+from agentd.store.audit import AuditWriter, settle_anchor
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks
+from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks, report
 from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
@@ -56,12 +58,16 @@ class Daemon:
         log_sinks: LogSinks,
         *,
         detached: bool = False,
+        accept_rollback: bool = False,
     ) -> None:
         self.config = config
         self.paths = paths
         self._environ = environ
         self._log_sinks = log_sinks
         self._detached = detached
+        self._accept_rollback = accept_rollback  # a database older than the anchor may open
+        self._lock = StateLock(paths.state_dir)
+        self._anchor = AnchorFile(paths.state_dir / ANCHOR_NAME)
         self.lifecycle = Lifecycle()
         self._notifier = Notifier(environ.get("NOTIFY_SOCKET"))
         self._stop = asyncio.Event()
@@ -93,6 +99,7 @@ class Daemon:
         if self._adopted is not None:
             refuse_waiting_clients(self._adopted, f"agentd cannot start: {exc}")
         await self._close_store()
+        self._release_state_dir()
         self._remove_socket()
 
     # -- startup ----------------------------------------------------------------
@@ -111,6 +118,7 @@ class Daemon:
             self.config.log.file_backups,
         )
         sock = self._listen_socket()  # first: a second daemon stops here, before the store
+        self._lock.acquire()  # ... or here, when it listens elsewhere on the same state dir
         runtime = await self._open_store()
         self._server = Server(self.config.daemon, Dispatcher(runtime))
         await self._server.start(sock)
@@ -130,14 +138,20 @@ class Daemon:
 
     async def _open_store(self) -> Runtime:
         key = load_db_key(self.config, self.paths, self._environ)
+        anchored = self._anchor.open()
+        refuse_missing_database(self.paths.database, anchored, accept=self._accept_rollback)
         self._db = Database(
-            self.paths.database, key.secret, busy_timeout_ms=self.config.store.busy_timeout_ms
+            self.paths.database,
+            key.secret,
+            busy_timeout_ms=self.config.store.busy_timeout_ms,
+            on_lost=self._on_store_lost,
         )
         try:
             await self._db.open()
         except ConfigError as exc:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
+        await self._db.run(settle_anchor, self._anchor, self._accept_rollback)  # or exit 78
         agent_id, session_id, interrupted = await self._db.run(_restore, self.config.profile)
         logger.info(
             "store open: %s (%d migrations applied now, key from %s)",
@@ -180,7 +194,7 @@ class Daemon:
             request_stop=self.request_stop,
             metrics=metrics,
             alerts=AlertBoard(),
-            audit=AuditWriter(self._db),
+            audit=AuditWriter(self._db, anchor=self._anchor),
             limiter=limiter,
             key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
         )
@@ -200,6 +214,11 @@ class Daemon:
             )
         load_commands()
         return self.runtime
+
+    def _on_store_lost(self, reason: str) -> None:
+        """The database files were deleted or replaced under us: ERROR at once."""
+        if self.runtime is not None:
+            report(self.runtime, "store", Level.FAILED, reason)
 
     def _create_provider(self) -> ResilientProvider:
         key = load_gemini_key(self.config, self.paths, self._environ)
@@ -332,7 +351,8 @@ class Daemon:
         if self.runtime is not None:
             await self.runtime.provider.aclose()
         await self._close_store()  # 5. persist state and close the store
-        self._remove_socket()  # 6. the socket file goes last: clients see "not running"
+        self._release_state_dir()  # 6. the next daemon may start on this state dir
+        self._remove_socket()  # 7. the socket file goes last: clients see "not running"
         self.lifecycle.transition(State.STOPPED, self._stop_reason)
         logger.info(
             "stopped: %s; in-flight chats %s; %d connections served in this run",
@@ -369,6 +389,10 @@ class Daemon:
             with contextlib.suppress(StoreError):
                 await save_counters(self.runtime)
         await self._db.close()
+
+    def _release_state_dir(self) -> None:
+        self._anchor.close()
+        self._lock.release()
 
     def _remove_socket(self) -> None:
         if self._bound_socket:

@@ -13,7 +13,14 @@ AgentdError                      root; never escapes to the wire untranslated
 │   ├── ShuttingDown             SHUTTING_DOWN
 │   └── NotFound                 NOT_FOUND
 ├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
-└── AlreadyRunning               a live daemon owns the socket
+│   ├── DiskFull                 DISK_FULL: also a RequestError
+│   └── StoreUnavailable         STORE_UNAVAILABLE: the files were deleted or
+│                                replaced under us; also a RequestError
+└── AlreadyRunning               a live daemon owns the socket or the state directory
+
+DiskFull and StoreUnavailable are both a StoreError (the store's callers
+retry or report them as store failures) and a RequestError (a request they
+end is answered with their own code, not INTERNAL).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class StoreError(AgentdError):
 
 
 class AlreadyRunning(AgentdError):
-    """Another live daemon answers on the socket."""
+    """Another live daemon answers on the socket or holds the state directory."""
 
 
 class RequestError(AgentdError):
@@ -87,3 +94,11 @@ class ShuttingDown(RequestError):
 
 class NotFound(RequestError):
     code = ErrorCode.NOT_FOUND
+
+
+class DiskFull(StoreError, RequestError):
+    code = ErrorCode.DISK_FULL
+
+
+class StoreUnavailable(StoreError, RequestError):
+    code = ErrorCode.STORE_UNAVAILABLE

@@ -55,10 +55,10 @@ async def _query(runtime: Runtime, args: dict[str, Any]) -> audit.AuditQuery:
 
 @command("audit_verify", role=Role.ADMIN, when_not_ready=True)
 async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
-    """Check the whole chain; names the first broken row."""
+    """Check the whole chain and the anchor file; names the first broken row or the gap."""
     await _flush(runtime)
     try:
-        result, anchor = await runtime.db.run(audit.verify)
+        result, anchor = await runtime.db.run(audit.verify, runtime.audit.anchored())
     except StoreError as exc:
         # A page that fails its HMAC is damage too: report it, do not fail the request.
         return {

@@ -28,6 +28,12 @@ only while the chain still passes through the previous anchor: if rows were
 deleted or rewritten while agentd was stopped, the anchor stays where it
 was, so `verify` keeps reporting the break after new rows are appended.
 
+A second anchor lives outside the database (store/anchor.py, `agentd.anchor`):
+written after each commit of the writer, on the store thread. It catches what
+the state table cannot, an older copy of the whole database put back:
+`settle_anchor` refuses it at start-up (ConfigError, exit 78) unless the
+operator accepts it, and `verify` keeps naming an accepted gap.
+
 Queue overflow: while the store works, a full queue makes the request wait
 (backpressure, at most `max_wait_s`): the disk sets the pace, nothing is
 lost. When the store fails, rows pile up until the queue is full; from then
@@ -51,6 +57,7 @@ from typing import Any, Final, NamedTuple
 from agentd.audit_chain import (
     GENESIS,
     Anchor,
+    Breakage,
     Content,
     MalformedRow,
     VerifyResult,
@@ -60,9 +67,10 @@ from agentd.audit_chain import (
     hash_content,
     verify_chain,
 )
-from agentd.errors import StoreError
+from agentd.errors import ConfigError, StoreError
 from agentd.limits import Throttle
 from agentd.store import state
+from agentd.store.anchor import ANCHOR_NAME, AnchorFile, AnchorRecord, Gap
 from agentd.store.database import Connection, Database, transaction
 
 logger = logging.getLogger(__name__)
@@ -239,10 +247,15 @@ def append(conn: Connection, events: Sequence[AuditEvent]) -> Anchor:
     return head
 
 
-def commit_rows(conn: Connection, events: Sequence[AuditEvent]) -> Anchor:
-    """Append in a transaction of its own."""
+def commit_rows(
+    conn: Connection, events: Sequence[AuditEvent], anchor: AnchorFile | None = None
+) -> Anchor:
+    """Append in a transaction of its own; then move the anchor file to the new head."""
     with transaction(conn):
-        return append(conn, events)
+        head = append(conn, events)
+    if anchor is not None:
+        anchor.write(head)
+    return head
 
 
 def stored_anchor(conn: Connection) -> Anchor | None:
@@ -305,10 +318,58 @@ def _where(query: AuditQuery) -> tuple[str, list[Any]]:
     return " WHERE " + " AND ".join(sql for sql, _ in used), [value for _, value in used]
 
 
-def verify(conn: Connection) -> tuple[VerifyResult, Anchor | None]:
-    """Check the whole chain, through the stored anchor; streams the rows."""
+def find_gap(conn: Connection, anchored: Anchor) -> Gap | None:
+    """Does the database's chain reach the head anchored in the file? (Two lookups.)"""
+    head = current_head(conn)
+    if head.seq < anchored.seq:
+        return Gap(db_seq=head.seq, anchor_seq=anchored.seq)
+    if not anchor_holds(conn, anchored):
+        return Gap(db_seq=anchored.seq, anchor_seq=anchored.seq)
+    return None
+
+
+def settle_anchor(conn: Connection, anchor: AnchorFile, accept_rollback: bool) -> Anchor:
+    """At start-up: the database must reach the anchored head. A gap is refused
+    (ConfigError) unless accepted, then recorded in the file. Returns the head."""
+    head, recorded = current_head(conn), anchor.record
+    gap = None if recorded is None else find_gap(conn, recorded.head)
+    if gap is None:
+        anchor.write(head)
+        return head
+    if not accept_rollback:
+        raise ConfigError(
+            f"rollback detected: {gap.describe()} (anchor {anchor.path}); put the newer "
+            "database back, or start with --accept-rollback to go on with this one"
+        )
+    logger.warning(
+        "rollback accepted (--accept-rollback): %s; `audit verify` reports it until the "
+        "anchor is moved on purpose",
+        gap.describe(),
+        extra={"audit_seq": head.seq, "audit_anchor_seq": gap.anchor_seq},
+    )
+    anchor.accept(head, gap)
+    return head
+
+
+def verify(
+    conn: Connection, anchored: AnchorRecord | None = None
+) -> tuple[VerifyResult, Anchor | None]:
+    """Check the whole chain, through the stored anchor; streams the rows. Then the
+    anchor file: a gap (found now, or accepted at start-up) is a rollback."""
     anchor = stored_anchor(conn)
-    return verify_chain(_all_rows(conn), anchor=anchor), anchor
+    result = verify_chain(_all_rows(conn), anchor=anchor)
+    if not result.ok or anchored is None:
+        return result, anchor
+    gap = anchored.accepted or find_gap(conn, anchored.head)
+    if gap is None:
+        return result, anchor
+    detail = f"{gap.describe()}; see {ANCHOR_NAME}"
+    if anchored.accepted is not None:
+        detail += " (accepted at start-up with --accept-rollback)"
+    broken = VerifyResult(
+        False, result.rows_checked, result.head, gap.db_seq + 1, Breakage.ROLLED_BACK, detail
+    )
+    return broken, anchor
 
 
 def _all_rows(conn: Connection) -> Iterator[dict[str, Any]]:
@@ -347,12 +408,14 @@ class AuditWriter:
         self,
         db: Database,
         *,
+        anchor: AnchorFile | None = None,
         max_queue: int = 20_000,
         max_batch: int = 1000,
         max_wait_s: float = 1.0,
         retry_max_s: float = 5.0,
     ) -> None:
         self._db = db
+        self._anchor = anchor  # settled at start-up (settle_anchor); moved with each commit
         self._pending: deque[AuditEvent] = deque()
         self._max_queue = max_queue
         self._max_batch = max_batch
@@ -391,6 +454,10 @@ class AuditWriter:
         )
         self._task = asyncio.create_task(self._drain(), name="audit-writer")
 
+    def anchored(self) -> AnchorRecord | None:
+        """What the anchor file holds now (None: no anchor file)."""
+        return self._anchor.record if self._anchor is not None else None
+
     def has_room(self) -> bool:
         """Would record_nowait() queue a row now?"""
         return len(self._pending) < self._max_queue
@@ -423,7 +490,7 @@ class AuditWriter:
         A malformed event is left out, logged and counted as dropped, as in a
         batch, rather than failing a chat whose answer is already committed."""
         try:
-            head: Anchor = await self._db.run(commit_rows, [event])
+            head: Anchor = await self._db.run_checked(commit_rows, [event], self._anchor)
         except (StoreError, TypeError, ValueError, AttributeError) as exc:
             if _without_malformed([event], exc):
                 raise  # well formed: the store failed
@@ -496,7 +563,7 @@ class AuditWriter:
         checked = False  # every event of `batch` is known to be well formed
         while True:
             try:
-                self._head = await self._db.run(commit_rows, batch)
+                self._head = await self._db.run_checked(commit_rows, batch, self._anchor)
             except (StoreError, TypeError, ValueError, AttributeError) as exc:
                 # An event the fast path cannot seal (TypeError...) or the STRICT
                 # table refuses (a StoreError), from a bug in whatever built it,

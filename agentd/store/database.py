@@ -2,7 +2,15 @@
 
 All SQL runs on one dedicated thread (never on the event loop); callers await
 `Database.run(fn, *args)` where `fn(conn, *args)` does the work. sqlcipher3
-errors are translated to StoreError here, where they enter.
+errors are translated to StoreError here, where they enter (a full disk to
+DiskFull).
+
+Writes that acknowledge something (a chat's turns, an audit batch) go through
+`Database.run_checked`: it also checks that the database and WAL files on
+disk are still the ones opened (st_dev, st_ino recorded at open). SQLite
+keeps writing to a file deleted or replaced under it, and those writes are
+gone at the next start; once that is seen, every checked write fails with
+StoreUnavailable until agentd is restarted.
 
 Data model (see migrations.py for the exact schema)::
 
@@ -26,7 +34,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 import sqlcipher3
 
-from agentd.errors import ConfigError, StoreError, WrongKeyError
+from agentd.errors import ConfigError, DiskFull, StoreError, StoreUnavailable, WrongKeyError
 from agentd.secrets import Secret
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 Connection = Any  # sqlcipher3.Connection has no type stubs
 SQLITE_PLAINTEXT_HEADER: Final = b"SQLite format 3\x00"
+SQLITE_FULL: Final = 13
+FileId = tuple[int, int]  # (st_dev, st_ino)
 
 # sqlcipher3 binds str, int, float and bytes directly, but sends every None
 # through its adapter lookup, which builds and discards two AttributeErrors
@@ -45,12 +55,22 @@ sqlcipher3.register_adapter(type(None), lambda value: value)
 
 
 class Database:
-    def __init__(self, path: Path, key: Secret, *, busy_timeout_ms: int = 5000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        key: Secret,
+        *,
+        busy_timeout_ms: int = 5000,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = path
         self._key = key
         self._busy_timeout_ms = busy_timeout_ms
+        self._on_lost = on_lost  # called on the loop when the files are found gone
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._conn: Connection | None = None
+        self._files: dict[Path, FileId] = {}  # what we opened, by path
+        self._lost: str | None = None  # why checked writes are refused, once they are
 
     async def open(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
@@ -79,6 +99,22 @@ class Database:
         """Run fn(conn, *args) on the store thread; sqlcipher3 errors become StoreError."""
         return await self._submit(self._call, fn, *args)
 
+    async def run_checked(self, fn: Callable[..., T], *args: Any) -> T:
+        """`run`, with the files checked before and after: StoreUnavailable if the
+        database or its WAL on disk are no longer the files opened, so what fn
+        wrote would not survive a restart. Two stat(2) calls each side."""
+        try:
+            return await self._submit(self._call_checked, fn, *args)
+        except StoreUnavailable as exc:
+            if self._on_lost is not None:
+                self._on_lost(exc.message)
+            raise
+
+    @property
+    def lost(self) -> str | None:
+        """Why checked writes are refused (the files were deleted or replaced), or None."""
+        return self._lost
+
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
@@ -91,7 +127,30 @@ class Database:
         try:
             return fn(self._conn, *args)
         except sqlcipher3.Error as exc:
+            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+                raise DiskFull(
+                    f"the disk holding the database is full ({self.path.parent}): "
+                    "free some space; agentd recovers on its own"
+                ) from exc
             raise StoreError(f"{exc.__class__.__name__}: {exc}") from exc
+
+    def _call_checked(self, fn: Callable[..., T], *args: Any) -> T:
+        self._check_files()
+        result = self._call(fn, *args)
+        self._check_files()
+        return result
+
+    def _check_files(self) -> None:
+        if self._lost is None:
+            problem = _changed_file(self._files)
+            if problem is None:
+                return
+            self._lost = (
+                f"{problem} while agentd runs: writes since then are not in the database; "
+                "refusing to acknowledge more. Restart agentd (it checks the audit anchor)"
+            )
+            logger.critical("store lost: %s", self._lost, extra={"database": str(self.path)})
+        raise StoreUnavailable(self._lost)
 
     # -- on the store thread ---------------------------------------------------
 
@@ -103,6 +162,8 @@ class Database:
         conn = sqlcipher3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             self._configure(conn)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # opens the WAL
+            self._files = _file_ids(self.path, wal_path(self.path))
         except BaseException:
             conn.close()
             raise
@@ -132,6 +193,36 @@ class Database:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._conn.close()
             self._conn = None
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _file_ids(*paths: Path) -> dict[Path, FileId]:
+    """The identity of each file (SQLite has created the WAL once journal_mode is WAL)."""
+    ids = {}
+    for path in paths:
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            raise StoreError(f"cannot stat {path}: {exc.strerror}") from exc
+        ids[path] = (info.st_dev, info.st_ino)
+    return ids
+
+
+def _changed_file(files: dict[Path, FileId]) -> str | None:
+    """How the first of `files` that is no longer the file opened changed, or None."""
+    for path, opened in files.items():
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return f"{path} was deleted"
+        except OSError as exc:
+            return f"{path} cannot be checked ({exc.strerror})"
+        if (info.st_dev, info.st_ino) != opened:
+            return f"{path} was replaced by another file"
+    return None
 
 
 def refuse_plaintext(path: Path) -> None:

@@ -1,7 +1,9 @@
 """Component health checks: run in the background, reported into the HealthBoard.
 
     component   ok                        degraded                   failed
-    store       a real read and write     -                          the read or write failed
+    store       a real read and write     -                          the read or write failed,
+                to the files opened                                  the disk is full, the files
+                                                                     were deleted or replaced
     encryption  cipher on, not plaintext, -                          plaintext header, no cipher,
                 every page authenticates                             a page fails its HMAC
     disk        free space above the      below disk_min_free_bytes  under 1 MiB
@@ -242,7 +244,8 @@ class HealthChecks:
 
     async def check_store(self) -> bool:
         try:
-            await self._rt.db.run(state.probe)  # a real read and a real write
+            # A real read and a real write, to the files opened (not replaced since).
+            await self._rt.db.run_checked(state.probe)
             await save_counters(self._rt)
         except StoreError as exc:
             report(self._rt, "store", Level.FAILED, str(exc))
