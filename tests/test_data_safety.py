@@ -54,7 +54,8 @@ def test_a_second_daemon_on_the_same_state_dir_exits_1_naming_the_holder(
 ) -> None:
     """1. A daemon runs. 2. A second one starts on the same state directory, listening on
     another socket (another XDG_RUNTIME_DIR). 3. It exits 1 with one line naming the
-    first one's pid, leaves no socket behind, and the first one goes on answering."""
+    first one's pid, leaves no socket behind, and the first one goes on answering.
+    4. kill -9 (a crash, a watchdog abort) leaves no stale lock: a restart comes up."""
     other = short_tmp / "other"
     (other / "run").mkdir(parents=True, mode=0o700)
     second = make_daemon({"AGENTD_STATE_DIR": str(daemon.state_dir)}, base=other)
@@ -66,10 +67,6 @@ def test_a_second_daemon_on_the_same_state_dir_exits_1_naming_the_holder(
     assert f"pid {daemon.process.pid}" in lines[0] and str(daemon.state_dir) in lines[0]
     assert not Path(second.socket).exists()
     assert daemon.call("status")["state"] == "READY"
-
-
-def test_the_state_dir_lock_goes_with_the_process(daemon: DaemonProcess) -> None:
-    """kill -9 (a crash, a watchdog abort) leaves no stale lock: the restart comes up."""
     daemon.signal(signal.SIGKILL)
     daemon.wait_exit()
     daemon.start()
