@@ -100,9 +100,9 @@ class Database:
         return await self._submit(self._call, fn, *args)
 
     async def run_checked(self, fn: Callable[..., T], *args: Any) -> T:
-        """`run`, with the files checked before and after: StoreUnavailable if the
-        database or its WAL on disk are no longer the files opened, so what fn
-        wrote would not survive a restart. Two stat(2) calls each side."""
+        """`run`, then a check of the files: StoreUnavailable if the database or its
+        WAL on disk are no longer the files opened, so what fn wrote would not
+        survive a restart (two stat(2) calls). Once that is seen, fn is not run."""
         try:
             return await self._submit(self._call_checked, fn, *args)
         except StoreUnavailable as exc:
@@ -135,21 +135,21 @@ class Database:
             raise StoreError(f"{exc.__class__.__name__}: {exc}") from exc
 
     def _call_checked(self, fn: Callable[..., T], *args: Any) -> T:
-        self._check_files()
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
         result = self._call(fn, *args)
         self._check_files()
         return result
 
     def _check_files(self) -> None:
-        if self._lost is None:
-            problem = _changed_file(self._files)
-            if problem is None:
-                return
-            self._lost = (
-                f"{problem} while agentd runs: writes since then are not in the database; "
-                "refusing to acknowledge more. Restart agentd (it checks the audit anchor)"
-            )
-            logger.critical("store lost: %s", self._lost, extra={"database": str(self.path)})
+        problem = _changed_file(self._files)
+        if problem is None:
+            return
+        self._lost = (
+            f"{problem} while agentd runs: writes since then are not in the database; "
+            "refusing to acknowledge more. Restart agentd (it checks the audit anchor)"
+        )
+        logger.critical("store lost: %s", self._lost, extra={"database": str(self.path)})
         raise StoreUnavailable(self._lost)
 
     # -- on the store thread ---------------------------------------------------
