@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from agentctl.client import DaemonError
+from agentd.audit_chain import Anchor
+from agentd.store.anchor import move_anchor
 from tests.conftest import DaemonProcess, wait_until
 from tests.test_ops_health import FAST_CHECKS, fill, tiny_fs
 
@@ -40,6 +42,13 @@ def start_fails(d: DaemonProcess, *args: str) -> tuple[int, list[str]]:
     d.start(*args, wait=False)
     status = d.wait_exit(20)
     return status, d.stderr()[before:].strip().splitlines()
+
+
+def shutdown_head(d: DaemonProcess) -> Anchor:
+    """The audit head in the latest shutdown line."""
+    found = re.findall(r"audit head at shutdown: seq (\d+) hash ([0-9a-f]{64})", d.stderr())
+    assert found, "no shutdown line"
+    return Anchor(int(found[-1][0]), found[-1][1])
 
 
 def audit_head(d: DaemonProcess) -> int:
@@ -145,7 +154,8 @@ def test_an_older_database_put_back_is_refused_and_verify_names_the_gap(
 ) -> None:
     """1. Chat, stop, keep a copy of the database. 2. Start, chat more, stop. 3. Put the
     copy back: start-up exits 78 naming the rollback. 4. --accept-rollback starts it;
-    `audit verify` exits 1 naming the missing seqs, and keeps doing so after a restart."""
+    `audit verify` exits 1 naming the missing seqs, and keeps doing so after a restart.
+    5. Moving the anchor on purpose (what a restore from a backup does) clears it."""
     chat(daemon, "one")
     old_head = audit_head(daemon)
     stop(daemon)
@@ -177,18 +187,22 @@ def test_an_older_database_put_back_is_refused_and_verify_names_the_gap(
         stop(daemon)
         daemon.start()  # accepted once: later starts go on, and still report it
 
+    # 5. A deliberate restore moves the anchor on purpose: verify passes again.
+    stop(daemon)
+    move_anchor(daemon.state_dir, shutdown_head(daemon))
+    daemon.start()
+    assert daemon.agentctl("audit", "verify").returncode == 0
+
 
 def test_the_anchor_file_is_private_and_matches_the_head_in_the_shutdown_line(
     daemon: DaemonProcess,
 ) -> None:
     chat(daemon, "hello")
     stop(daemon)
-    shutdown = re.search(r"audit head at shutdown: seq (\d+) hash ([0-9a-f]{64})", daemon.stderr())
-    assert shutdown is not None
     anchor = daemon.state_dir / "agentd.anchor"
     assert anchor.stat().st_mode & 0o777 == 0o600
     recorded = json.loads(anchor.read_text())
-    assert (recorded["seq"], recorded["hash"]) == (int(shutdown[1]), shutdown[2])
+    assert Anchor(recorded["seq"], recorded["hash"]) == shutdown_head(daemon)
 
 
 # -- 4. a full disk -------------------------------------------------------------------------

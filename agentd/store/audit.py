@@ -366,8 +366,9 @@ def verify(
     detail = f"{gap.describe()}; see {ANCHOR_NAME}"
     if anchored.accepted is not None:
         detail += " (accepted at start-up with --accept-rollback)"
+    first_missing = min(gap.db_seq + 1, gap.anchor_seq)  # equal seqs: that row differs
     broken = VerifyResult(
-        False, result.rows_checked, result.head, gap.db_seq + 1, Breakage.ROLLED_BACK, detail
+        False, result.rows_checked, result.head, first_missing, Breakage.ROLLED_BACK, detail
     )
     return broken, anchor
 

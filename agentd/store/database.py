@@ -110,11 +110,6 @@ class Database:
                 self._on_lost(exc.message)
             raise
 
-    @property
-    def lost(self) -> str | None:
-        """Why checked writes are refused (the files were deleted or replaced), or None."""
-        return self._lost
-
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
