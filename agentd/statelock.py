@@ -14,14 +14,13 @@ The descriptor is close-on-exec, so nothing we run inherits the lock.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import stat
 from pathlib import Path
 from typing import Final
 
-from agentd.errors import AlreadyRunning, ConfigError
+from agentd.errors import AlreadyRunning
+from agentd.privatefile import open_private
 
 LOCK_NAME: Final = "agentd.lock"
 _MAX_PID_BYTES: Final = 32
@@ -36,7 +35,7 @@ class StateLock:
 
     def acquire(self) -> None:
         """Lock the state directory; AlreadyRunning naming the holder's pid if taken."""
-        fd = _open_lock_file(self.path)
+        fd = open_private(self.path, "the lock file")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -57,22 +56,8 @@ class StateLock:
     def release(self) -> None:
         """Let the next daemon in (the file stays: unlinking it would race a new locker)."""
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)
+            os.close(self._fd)  # the pid left in the file is only read while locked
             self._fd = None
-
-
-def _open_lock_file(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the lock file {path}: {exc.strerror}") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file")
-    return fd
 
 
 def _read_pid(fd: int) -> int | None:

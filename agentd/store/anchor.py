@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from agentd.audit_chain import Anchor, MalformedRow, checked_hash
 from agentd.errors import ConfigError
+from agentd.privatefile import open_private
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class AnchorFile:
 
     def open(self) -> AnchorRecord | None:
         """Open (creating it 0600) and read the record; None when there is none yet."""
-        self._fd = _open_private(self.path)
+        self._fd = open_private(self.path, "the audit anchor")
         self.record = _parse(os.pread(self._fd, RECORD_BYTES * 2, 0), self.path)
         return self.record
 
@@ -145,18 +145,6 @@ def refuse_missing_database(database: Path, recorded: AnchorRecord | None, *, ac
         f"{database} is missing, but {ANCHOR_NAME} records a database with audit rows up to "
         f"seq {recorded.head.seq}: restore it, or start with --accept-rollback to begin anew"
     )
-
-
-def _open_private(path: Path) -> int:
-    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(path, flags, 0o600)
-    except OSError as exc:
-        raise ConfigError(f"cannot open the audit anchor {path}: {exc.strerror}") from exc
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ConfigError(f"{path} is not a regular file")
-    return fd
 
 
 def _encode(record: AnchorRecord) -> bytes:
