@@ -158,10 +158,9 @@ def _launch(opts: Options, timeout: float) -> dict[str, Any]:
     import subprocess  # only `start` spawns: keep it off every other command's path
 
     env = {**os.environ, "AGENTD_SOCKET": opts.socket}
-    env.update(_absolute_pythonpath(env))
     # -P: `-m` would put the current directory first on sys.path, so an agentd/ package
     # there (in /tmp, say) would run as the caller. The interpreter is the one running
-    # agentctl (its venv's); PYTHONPATH is kept (minus relative entries) for checkouts.
+    # agentctl (its venv's, so the installed agentd); PYTHONPATH still works for checkouts.
     process = subprocess.Popen(
         [sys.executable, "-P", "-m", "agentd", "--detached"],
         env=env,
@@ -185,14 +184,6 @@ def _launch(opts: Options, timeout: float) -> dict[str, Any]:
         return status
     process.terminate()
     fail(f"agentd did not become ready within {timeout:.0f}s", exits.FAILED)
-
-
-def _absolute_pythonpath(env: dict[str, str]) -> dict[str, str]:
-    """PYTHONPATH without its empty or relative entries: each means the current directory."""
-    if "PYTHONPATH" not in env:
-        return {}
-    entries = [e for e in env["PYTHONPATH"].split(os.pathsep) if os.path.isabs(e)]
-    return {"PYTHONPATH": os.pathsep.join(entries)}
 
 
 def _report_failed_start(process: subprocess.Popen[bytes]) -> NoReturn:

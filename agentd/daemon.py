@@ -250,6 +250,7 @@ class Daemon:
                 chat_groups=a.chat_groups,
                 read_groups=a.read_groups,
                 socket_group=self.config.daemon.socket_group,
+                socket_group_role=a.socket_group_role,
             )
         except LookupError as exc:
             raise ConfigError(f"[access]: {exc.args[0]}") from None
