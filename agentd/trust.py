@@ -62,7 +62,7 @@ def check_key_file(path: Path, *, credential: bool, strict: bool) -> None:
         return
     if strict:
         raise ConfigError(f"key file {path} {loose}: chmod 600 it (refused outside development)")
-    logger.warning("key file %s %s: whoever reads it can decrypt; chmod 600 it", path, loose)
+    logger.warning("key file %s %s: whoever reads it has the key; chmod 600 it", path, loose)
 
 
 def _refuse_untrusted(path: Path, what: str, owners: tuple[int, ...], *, directory: bool) -> None:
