@@ -158,8 +158,11 @@ def _launch(opts: Options, timeout: float) -> dict[str, Any]:
     import subprocess  # only `start` spawns: keep it off every other command's path
 
     env = {**os.environ, "AGENTD_SOCKET": opts.socket}
+    # -P: `-m` would put the current directory first on sys.path, so an agentd/ package
+    # there (in /tmp, say) would run as the caller. The interpreter is the one running
+    # agentctl (its venv's, so the installed agentd); PYTHONPATH still works for checkouts.
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentd", "--detached"],
+        [sys.executable, "-P", "-m", "agentd", "--detached"],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

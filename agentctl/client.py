@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from agentd.protocol import (
     encode_frame,
     frame_length,
     make_request,
+    path_problem,
+    private_socket_dir,
 )
 
 
@@ -34,6 +37,10 @@ class ConnectionLost(ClientError):
 
 class PermissionRefused(ClientError):
     pass
+
+
+class UntrustedSocket(PermissionRefused):
+    """The socket's directory could have been made by someone else: nothing is sent."""
 
 
 class DaemonError(ClientError):
@@ -64,6 +71,7 @@ class Client:
         self.close()
 
     def connect(self) -> None:
+        self._check_private_dir()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self._timeout)
         try:
@@ -81,6 +89,22 @@ class Client:
             sock.close()
             raise NotRunning(self.path, exc.strerror or str(exc)) from None
         self._sock = sock
+
+    def _check_private_dir(self) -> None:
+        """The per-user fallback directory must be ours and closed to others (as tmux checks
+        /tmp/tmux-UID): else another user could be listening there for our prompts."""
+        directory = private_socket_dir(self.path)
+        if directory is None:
+            return
+        # Group r-x is allowed: agentd opens its directory to daemon.socket_group.
+        problem = path_problem(
+            directory, owners=(os.getuid(),), forbidden_mode=0o027, directory=True
+        )
+        if problem is not None:
+            raise UntrustedSocket(
+                f"refusing {self.path}: its directory {directory} {problem}; "
+                "another user may have made it: remove it and start agentd again"
+            )
 
     def close(self) -> None:
         if self._sock is not None:

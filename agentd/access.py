@@ -8,6 +8,13 @@ Roles nest: admin ⊃ chat ⊃ read.
 Defaults: root and the daemon's own user are admin; members of the socket's
 group (daemon.socket_group) may chat. Anyone else is refused with FORBIDDEN.
 Every decision uses SO_PEERCRED, read by the kernel, never what a client says.
+
+Two gates, both needed: the filesystem lets a peer connect (the socket is 0660
+to daemon.socket_group), then its role decides what it may do. With
+access.socket_group_role = "none" the socket group only opens the door and
+read_groups/chat_groups/admin_groups give the roles: a monitoring user in the
+socket group and a read group reads status and metrics and nothing else
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -72,16 +79,18 @@ def build_policy(
     chat_groups: Iterable[str],
     read_groups: Iterable[str],
     socket_group: str,
+    socket_group_role: str = "chat",
 ) -> AccessPolicy:
     """Resolve names to ids once, at start-up; an unknown name is a config error."""
     chat = {resolve_gid(g) for g in chat_groups}
-    if socket_group:
-        chat.add(resolve_gid(socket_group))
+    read = {resolve_gid(g) for g in read_groups}
+    if socket_group and socket_group_role != "none":
+        (chat if socket_group_role == "chat" else read).add(resolve_gid(socket_group))
     return AccessPolicy(
         admin_uids=frozenset({0, os.getuid(), *(resolve_uid(u) for u in admin_users)}),
         admin_gids=frozenset(resolve_gid(g) for g in admin_groups),
         chat_gids=frozenset(chat),
-        read_gids=frozenset(resolve_gid(g) for g in read_groups),
+        read_gids=frozenset(read),
     )
 
 

@@ -109,6 +109,8 @@ def _run(config: Config, paths: Paths, detached: bool, accept_rollback: bool) ->
         config, paths, os.environ, sinks, detached=detached, accept_rollback=accept_rollback
     )
     daemon.lifecycle.add_listener(_collect_again_once_ready)
+    if detached:
+        daemon.lifecycle.add_listener(_leave_working_directory)
     try:
         uvloop.run(daemon.run())
     except ConfigError as exc:
@@ -131,6 +133,15 @@ def _collect_again_once_ready(old: State, new: State, reason: str) -> None:
         # it again; the ~400 garbage objects among it (~100 KB) stay with it.
         gc.freeze()
         gc.enable()
+
+
+def _leave_working_directory(old: State, new: State, reason: str) -> None:
+    """Detached (`agentctl start`): hold neither the caller's directory nor its mount, and
+    resolve nothing against it once READY (paths.py made the daemon's paths absolute)."""
+    from agentd.lifecycle import State
+
+    if new is State.READY:
+        os.chdir("/")
 
 
 def _fatal(stderr_handler: logging.Handler | None, message: str, status: int) -> int:

@@ -26,6 +26,7 @@ from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
 
 PROFILES: Final = ("development", "staging", "production")
+SOCKET_GROUP_ROLES: Final = ("chat", "read", "none")
 SYSTEM_CONFIG: Final = Path("/etc/agentd/agentd.toml")
 
 
@@ -80,8 +81,11 @@ class AccessSettings:
 
     admin_users: tuple[str, ...] = ()  # root and the daemon's own user are always admin
     admin_groups: tuple[str, ...] = ()
-    chat_groups: tuple[str, ...] = ()  # daemon.socket_group is always a chat group
+    chat_groups: tuple[str, ...] = ()
     read_groups: tuple[str, ...] = ()
+    # What membership of daemon.socket_group alone grants: chat, read or none (then the
+    # socket group only lets peers connect, and the groups above decide their roles).
+    socket_group_role: str = "chat"
 
 
 @dataclass(frozen=True)
@@ -345,6 +349,11 @@ def _validate(config: Config) -> None:
         for name, problem in getattr(config, section).problems():
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")
+    if config.access.socket_group_role not in SOCKET_GROUP_ROLES:
+        raise ConfigError(
+            f"{_origin(config, 'access.socket_group_role')}: access.socket_group_role must be "
+            f"one of {', '.join(SOCKET_GROUP_ROLES)}"
+        )
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 

@@ -25,7 +25,7 @@ from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
 from agentd.lifecycle import Lifecycle, State
-from agentd.paths import Paths, ensure_private_dir
+from agentd.paths import Paths
 from agentd.providers import BreakerState, create_provider
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
@@ -45,6 +45,7 @@ from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
 from agentd.telemetry.loop_lag import LoopLagMonitor
+from agentd.trust import check_state_dir
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Daemon:
         )
         self._install_signal_handlers()
         _raise_fd_limit()
-        ensure_private_dir(self.paths.state_dir)
+        check_state_dir(self.paths)  # before any file in it is opened
         add_log_file(
             self._log_sinks,
             self.paths.log_file,
@@ -268,6 +269,7 @@ class Daemon:
                 chat_groups=a.chat_groups,
                 read_groups=a.read_groups,
                 socket_group=self.config.daemon.socket_group,
+                socket_group_role=a.socket_group_role,
             )
         except LookupError as exc:
             raise ConfigError(f"[access]: {exc.args[0]}") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agentd.config import Config
+from agentd.errors import ConfigError
 from agentd.protocol import default_socket_path
 
 
@@ -32,9 +33,10 @@ class Paths(NamedTuple):
 
 
 def resolve_paths(config: Config, environ: Mapping[str, str]) -> Paths:
+    # Absolute: a detached daemon leaves its caller's directory once READY (cli.py).
     return Paths(
-        state_dir=Path(config.daemon.state_dir or _default_state_dir(environ)),
-        socket=Path(config.daemon.socket_path or default_socket_path(environ)),
+        state_dir=Path(config.daemon.state_dir or _default_state_dir(environ)).absolute(),
+        socket=Path(config.daemon.socket_path or default_socket_path(environ)).absolute(),
         credentials_dir=_first(environ.get("CREDENTIALS_DIRECTORY")),
     )
 
@@ -54,6 +56,17 @@ def _first(value: str | None) -> Path | None:
     return Path(value.split(":", 1)[0])
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create a directory only its owner can enter (mode 0700 when we create it)."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+def ensure_private_dir(path: Path) -> bool:
+    """Create a directory only its owner can enter, 0700 whatever the umask; True if created.
+
+    An existing one is left as it is: callers check whether it can be trusted.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise ConfigError(f"cannot create {path}: {exc.strerror}") from None
+    os.chmod(path, 0o700)  # mkdir's mode passed through the umask
+    return True

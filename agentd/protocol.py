@@ -18,8 +18,9 @@ one msgpack map::
 from __future__ import annotations
 
 import os
+import stat
 import struct
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Final, NamedTuple
 
 import msgpack
@@ -205,6 +206,50 @@ def default_socket_path(environ: Mapping[str, str]) -> str:
     import tempfile  # only for shells without a runtime directory: off the client's usual path
 
     return os.path.join(tempfile.gettempdir(), f"agentd-{os.getuid()}", "agentd.sock")
+
+
+def private_socket_dir(socket_path: str) -> str | None:
+    """The socket's directory when it is the per-user fallback $TMPDIR/agentd-<uid>, else None.
+
+    That directory sits in a world-writable place where anyone could have made it
+    first, so agentd and agentctl both check it (path_problem) before trusting it.
+    """
+    directory = os.path.dirname(os.path.abspath(socket_path))
+    if os.path.basename(directory) != f"agentd-{os.getuid()}":
+        return None  # the cheap test first: most paths are not the fallback
+    import tempfile
+
+    return directory if os.path.dirname(directory) == tempfile.gettempdir() else None
+
+
+def path_problem(
+    path: str, *, owners: Collection[int], forbidden_mode: int, directory: bool
+) -> str | None:
+    """What makes a path untrustworthy, or None (also when it does not exist).
+
+    The checks tmux and OpenSSH make on their socket directories and sshd on its
+    keys: lstat (never follow a symbolic link), the right kind of file, an owner
+    we trust, and none of the permission bits in forbidden_mode.
+    """
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror})"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if directory != stat.S_ISDIR(info.st_mode) or not (directory or stat.S_ISREG(info.st_mode)):
+        return "is not a directory" if directory else "is not a regular file"
+    if info.st_uid not in owners:
+        expected = " or ".join(str(uid) for uid in sorted(set(owners)))
+        return f"is owned by uid {info.st_uid}, not {expected}"
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & forbidden_mode & 0o022:
+        return f"is writable by group or others (mode {mode:04o})"
+    if mode & forbidden_mode:
+        return f"is open to group or others (mode {mode:04o})"
+    return None
 
 
 SYSTEM_SOCKET: Final = "/run/agentd/agentd.sock"  # agentd.socket / agentd.service

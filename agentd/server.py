@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import grp
 import logging
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,13 @@ from agentd.connection import ClientConnection
 from agentd.dispatch import Dispatcher
 from agentd.errors import AlreadyRunning, ConfigError
 from agentd.paths import ensure_private_dir
-from agentd.protocol import ErrorCode, encode_frame, error_reply
+from agentd.protocol import (
+    ErrorCode,
+    encode_frame,
+    error_reply,
+    path_problem,
+    private_socket_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class ServerStatistics:
 
 def bind_socket(path: Path, group: str) -> socket.socket:
     """Bind a fresh socket: 0600 from birth (0660 with a group); never steal a live one."""
-    _ensure_socket_dir(path.parent, group)
+    _ensure_socket_dir(path, group)
     _clear_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     old_umask = os.umask(0o177)  # no window where the socket is wider than 0600
@@ -58,14 +64,33 @@ def bind_socket(path: Path, group: str) -> socket.socket:
     return sock
 
 
-def _ensure_socket_dir(directory: Path, group: str) -> None:
-    """A directory we create is 0700, or 0750 for the socket group so members can reach it."""
-    if directory.exists() or not group:
-        ensure_private_dir(directory)
-        return
-    ensure_private_dir(directory)
-    os.chown(directory, -1, _gid(group))
-    os.chmod(directory, 0o750)
+def _ensure_socket_dir(socket_path: Path, group: str) -> None:
+    """A directory we create is 0700, or 0750 for the socket group so members can reach it.
+    One we find is used only if no one but us (or root) can have put a socket in it."""
+    directory = socket_path.parent
+    if ensure_private_dir(directory) and group:
+        os.chown(directory, -1, _gid(group))
+        os.chmod(directory, 0o750)
+    problem = _socket_dir_problem(socket_path, group)
+    if problem is not None:
+        raise ConfigError(f"socket directory {directory} {problem}: refusing to listen in it")
+
+
+def _socket_dir_problem(socket_path: Path, group: str) -> str | None:
+    private = private_socket_dir(str(socket_path))
+    if private is not None:
+        # $TMPDIR/agentd-<uid>: anyone may have made it first, so it must be ours and
+        # closed to others, as tmux and OpenSSH require of theirs (group r-x for the
+        # socket group only).
+        forbidden = 0o027 if group else 0o077
+        return path_problem(
+            private, owners=(os.getuid(),), forbidden_mode=forbidden, directory=True
+        )
+    # Any other directory (XDG_RUNTIME_DIR, /run/agentd, a configured path, a
+    # group-shared one): no one else may be able to add, remove or replace the socket.
+    return path_problem(
+        str(socket_path.parent), owners=(os.geteuid(), 0), forbidden_mode=0o022, directory=True
+    )
 
 
 def _open_to_group(path: Path, group: str) -> None:
@@ -81,8 +106,13 @@ def _gid(group: str) -> int:
 
 
 def _clear_stale(path: Path) -> None:
-    if not path.exists() and not path.is_symlink():
+    """Replace a stale socket; anything else found at the path (a file, a link) is left alone."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return
+    if not stat.S_ISSOCK(info.st_mode):
+        raise ConfigError(f"{path} exists and is not a socket: not removing it")
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)
@@ -92,8 +122,6 @@ def _clear_stale(path: Path) -> None:
         path.unlink(missing_ok=True)
         return
     except OSError as exc:
-        if exc.errno == errno.ENOTSOCK:
-            raise ConfigError(f"{path} exists and is not a socket") from exc
         raise AlreadyRunning(f"{path} is in use ({exc.strerror})") from exc
     finally:
         probe.close()

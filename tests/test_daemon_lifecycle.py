@@ -121,6 +121,7 @@ def test_wrong_db_key_exits_78_with_one_clean_line(
     d.wait_exit()
     wrong = short_tmp / "wrong.key"
     wrong.write_text("ab" * 32 + "\n")
+    wrong.chmod(0o600)  # a key file others can read adds a warning line (tests/test_security_disk.py)
     env = {**d.env, "AGENTD_DB_KEY_FILE": str(wrong)}
     result = subprocess.run(
         [sys.executable, "-m", "agentd"], env=env, capture_output=True, timeout=30, check=False

@@ -152,8 +152,7 @@ class Database:
     def _open(self) -> None:
         refuse_plaintext(self.path)
         if not self.path.exists():
-            # Created 0600 before SQLite sees it; the -wal/-shm files inherit the mode.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            create_private_file(self.path)
         conn = sqlcipher3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         try:
             self._configure(conn)
@@ -218,6 +217,16 @@ def _changed_file(files: dict[Path, FileId]) -> str | None:
         if (info.st_dev, info.st_ino) != opened:
             return f"{path} was replaced by another file"
     return None
+
+
+def create_private_file(path: Path) -> None:
+    """Create the database file 0600 before SQLite sees it, whatever the umask: SQLite
+    gives the -wal and -shm files it creates the main file's mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask filtered the mode given to open()
+    finally:
+        os.close(fd)
 
 
 def refuse_plaintext(path: Path) -> None:

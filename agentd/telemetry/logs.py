@@ -28,6 +28,8 @@ from typing import Any, Final, NamedTuple
 
 from pythonjsonlogger.json import JsonFormatter
 
+from agentd.errors import ConfigError
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -127,7 +129,14 @@ class PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
     """A rotating file created 0600: logs are for the operator only."""
 
     def _open(self) -> Any:
-        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # O_NOFOLLOW: a symlink planted at the log path is refused, never appended through.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(self.baseFilename, flags, 0o600)
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        except OSError:
+            os.close(fd)
+            raise
         return os.fdopen(fd, self.mode.replace("w", "a"), encoding=self.encoding)
 
 
@@ -167,9 +176,12 @@ def setup_logging(level: str, ring_size: int, *, journal: bool) -> LogSinks:
 
 
 def add_log_file(sinks: LogSinks, path: Path, max_bytes: int, backups: int) -> None:
-    handler = PrivateRotatingFileHandler(
-        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-    )
+    try:
+        handler = PrivateRotatingFileHandler(
+            path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+        )
+    except OSError as exc:  # ELOOP: a symlink at the path
+        raise ConfigError(f"cannot open log file {path}: {exc.strerror}") from None
     handler.setFormatter(json_formatter())
     handler.addFilter(ContextFilter())
     logging.getLogger().addHandler(handler)
