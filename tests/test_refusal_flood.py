@@ -1,0 +1,165 @@
+"""A peer flooding refusals (unknown commands, FORBIDDEN, RATE_LIMITED) grows the audit
+trail by a bounded number of rows, counted in aggregate; real peers under other uids."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentctl.client import DaemonError
+from tests.conftest import DaemonProcess, wait_until
+from tests.peer import peer_argv
+from tests.test_access import GROUP, OUTSIDER, open_path_to_others
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to run a client under another uid"
+)
+OUTSIDER_UID = pwd.getpwnam(OUTSIDER).pw_uid
+
+
+def flood(d: DaemonProcess, cmd: str, count: int) -> dict[str, int]:
+    """`count` requests of `cmd` from the outsider, pipelined; the codes it got back."""
+    result = subprocess.run(
+        peer_argv(OUTSIDER, GROUP, d.socket, "flood", cmd, str(count)),
+        env={**d.env, "HOME": "/tmp"},
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    codes: dict[str, int] = json.loads(result.stdout)
+    return codes
+
+
+def audit_rows(d: DaemonProcess, *options: str) -> list[dict[str, Any]]:
+    """Rows through `agentctl audit --json`, as root (an admin)."""
+    result = d.agentctl("audit", "--json", "--limit", "10000", *options)
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
+
+
+def audit_row_count(d: DaemonProcess) -> int:
+    result = d.agentctl("audit", "verify", "--json")
+    assert result.returncode == 0, result.stderr
+    count: int = json.loads(result.stdout)["rows_checked"]
+    return count
+
+
+def aggregated_counts(rows: list[dict[str, Any]]) -> Counter[str]:
+    """The refusals counted in the aggregate rows of the outsider, by code."""
+    total: Counter[str] = Counter()
+    for row in rows:
+        if row["command"] == "refused" and row["peer_uid"] == OUTSIDER_UID:
+            for item in row["error_code"].split(","):
+                code, _, count = item.partition("=")
+                total[code] += int(count)
+    return total
+
+
+def individual_counts(rows: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(
+        row["error_code"]
+        for row in rows
+        if row["peer_uid"] == OUTSIDER_UID and row["command"] != "refused"
+    )
+
+
+@pytest.fixture
+def group_daemon(make_daemon: Callable[..., DaemonProcess]) -> Callable[..., DaemonProcess]:
+    def start(**env: str) -> DaemonProcess:
+        d = make_daemon({"AGENTD_DAEMON__SOCKET_GROUP": GROUP, **env})
+        open_path_to_others(Path(d.socket).parent)
+        return d.start()
+
+    return start
+
+
+@needs_root
+def test_a_refusal_flood_leaves_a_bounded_number_of_rows_with_the_right_counts(
+    group_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """1. A member sends 3,000 unknown commands, then 2,000 `stop`s (FORBIDDEN).
+    2. The daemon still answers root meanwhile.
+    3. After a stop (which flushes the aggregate) and a restart, the trail holds the
+       first 20 refusals one by one and one aggregate row with the other 4,980, by code."""
+    d = group_daemon(AGENTD_LIMITS__REFUSALS_AUDITED_EACH="20")
+    before = audit_row_count(d)
+    assert flood(d, "no-such-command", 3000) == {"UNKNOWN_COMMAND": 3000}
+    assert flood(d, "stop", 2000) == {"FORBIDDEN": 2000}
+    assert d.call("status")["state"] == "READY"
+    assert d.agentctl("stop").returncode == 0
+    assert d.wait_exit() == 0
+    d.start()
+
+    assert audit_row_count(d) - before < 40  # 5,000 rows before the fix
+    rows = audit_rows(d, "--outcome", "error")
+    assert individual_counts(rows) == {"UNKNOWN_COMMAND": 20}
+    aggregates = [row for row in rows if row["command"] == "refused"]
+    assert len(aggregates) == 1
+    assert aggregates[0]["error_code"] == "FORBIDDEN=2000,UNKNOWN_COMMAND=2980"
+    assert aggregates[0]["peer_uid"] == OUTSIDER_UID
+
+
+@needs_root
+def test_rate_limited_refusals_are_aggregated_at_each_interval_end(
+    group_daemon: Callable[..., DaemonProcess],
+) -> None:
+    """With a 1 s interval, the aggregate rows appear while the daemon runs, and the
+    rows one by one plus the aggregate counts add up to every refusal answered."""
+    d = group_daemon(
+        AGENTD_LIMITS__REFUSALS_AUDITED_EACH="5",
+        AGENTD_LIMITS__REFUSAL_INTERVAL_S="1",
+        # Faster than root's polling below, far slower than the flood.
+        AGENTD_LIMITS__CHEAP_RATE="20",
+        AGENTD_LIMITS__CHEAP_BURST="20",
+    )
+    got = flood(d, "status", 2000)
+    limited = got["RATE_LIMITED"]
+    assert limited >= 1800
+
+    def all_counted() -> bool:
+        rows = audit_rows(d, "--outcome", "error")
+        counted = individual_counts(rows) + aggregated_counts(rows)
+        return counted["RATE_LIMITED"] == limited
+
+    wait_until(all_counted, 15, "the aggregate rows of the interval")
+    rows = audit_rows(d, "--outcome", "error")
+    assert [row for row in rows if row["command"] == "refused"]  # while the daemon runs
+    # 5 a row each per 1 s interval; the flood took a few of them at most.
+    assert individual_counts(rows)["RATE_LIMITED"] < 100
+    assert d.call("status")["state"] == "READY"
+
+
+@needs_root
+def test_refusals_are_counted_in_metrics_whether_audited_alone_or_not(
+    group_daemon: Callable[..., DaemonProcess],
+) -> None:
+    d = group_daemon(AGENTD_LIMITS__REFUSALS_AUDITED_EACH="3")
+    flood(d, "no-such-command", 50)
+    text = d.agentctl("metrics", "--prometheus").stdout.decode()
+    assert 'agentd_requests_total{command="unknown",outcome="UNKNOWN_COMMAND"} 50.0' in text
+    assert 'agentd_audit_refusals_aggregated_total{code="UNKNOWN_COMMAND"} 47.0' in text
+
+
+def test_a_long_command_name_is_cut_in_debug_log_lines_and_in_the_answer(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    d = make_daemon({"AGENTD_LOG_LEVEL": "DEBUG"}).start()
+    name = "\x1b]52;c;Zm9v\x07" + "x" * 5000  # an OSC 52 clipboard write, then a lot
+    with pytest.raises(DaemonError) as refused:
+        d.call(name)
+    assert refused.value.code == "UNKNOWN_COMMAND"
+    assert len(refused.value.message) < 200
+    d.call("status")  # a request after it: its line is written, so the earlier one is too
+    log = (d.state_dir / "agentd.log").read_text()
+    assert f"xxxx...(+{len(name) - 64} chars)" in log  # the refused request's DEBUG line, cut
+    assert "x" * 100 not in log
+    assert "\x1b" not in log and "\\u001b]52" not in log  # neither raw nor as JSON writes it
