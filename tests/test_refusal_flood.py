@@ -3,19 +3,28 @@ trail by a bounded number of rows, counted in aggregate; real peers under other 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pwd
 import subprocess
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from agentctl.client import DaemonError
+from agentd.refusals import RefusalAudit
+from agentd.secrets import Secret
+from agentd.store import audit
+from agentd.store.audit import AuditQuery, AuditWriter
+from agentd.store.database import Database
+from agentd.store.migrations import migrate
+from agentd.telemetry.metrics import Registry
 from tests.conftest import DaemonProcess, wait_until
+from tests.fakes import FakeClock
 from tests.peer import peer_argv
 from tests.test_access import GROUP, OUTSIDER, open_path_to_others
 
@@ -23,6 +32,7 @@ needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to run a client under another uid"
 )
 OUTSIDER_UID = pwd.getpwnam(OUTSIDER).pw_uid
+T = TypeVar("T")
 
 
 def flood(d: DaemonProcess, cmd: str, count: int) -> dict[str, int]:
@@ -163,3 +173,66 @@ def test_a_long_command_name_is_cut_in_debug_log_lines_and_in_the_answer(
     assert f"xxxx...(+{len(name) - 64} chars)" in log  # the refused request's DEBUG line, cut
     assert "x" * 100 not in log
     assert "\x1b" not in log and "\\u001b]52" not in log  # neither raw nor as JSON writes it
+
+
+# The ledger itself, in process, over a real SQLCipher file and the real audit writer.
+
+
+def ledger_scenario(
+    tmp_path: Path, steps: Callable[[RefusalAudit, FakeClock], Coroutine[Any, Any, T]]
+) -> tuple[T, list[dict[str, Any]]]:
+    """Run `steps` against a RefusalAudit writing to a fresh store; return what they
+    returned and the aggregate rows committed."""
+
+    async def scenario() -> tuple[T, list[dict[str, Any]]]:
+        db = Database(tmp_path / "agentd.db", Secret("5a" * 32))
+        await db.open()
+        await db.run(migrate)
+        writer = AuditWriter(db)
+        await writer.start()
+        counted = Registry().counter("refused_total", "refusals counted", ("code",))
+        clock = FakeClock(1_750_000_000.0)
+        refusals = RefusalAudit(writer, counted, audited_each=2, interval_s=60, clock=clock)
+        try:
+            result = await steps(refusals, clock)
+            await writer.flush()
+            rows = await db.run(audit.recent, AuditQuery(command="refused"))
+        finally:
+            await writer.close()
+            await db.close()
+        return result, rows
+
+    return asyncio.run(scenario())
+
+
+def test_past_its_budget_a_peers_refusals_become_one_row_with_counts_by_code(
+    tmp_path: Path,
+) -> None:
+    async def steps(refusals: RefusalAudit, clock: FakeClock) -> list[bool]:
+        codes = ["FORBIDDEN"] * 3 + ["UNKNOWN_COMMAND"] * 2
+        alone = [refusals.audit_alone(1000, 7, code) for code in codes]
+        alone.append(refusals.audit_alone(1001, 8, "FORBIDDEN"))  # another peer: its own budget
+        clock.advance(30)
+        await refusals.flush()
+        return alone
+
+    alone, rows = ledger_scenario(tmp_path, steps)
+    assert alone == [True, True, False, False, False, True]
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["peer_uid"], row["peer_pid"], row["outcome"]) == (1000, 7, "error")
+    assert row["error_code"] == "FORBIDDEN=1,UNKNOWN_COMMAND=2"
+    assert row["ts"] == "2025-06-15T15:06:40.000000Z"  # the first refusal counted
+    assert row["latency_ms"] == 30_000  # the span the row covers
+
+
+def test_a_new_interval_gives_every_peer_its_budget_again(tmp_path: Path) -> None:
+    async def steps(refusals: RefusalAudit, clock: FakeClock) -> list[bool]:
+        alone = [refusals.audit_alone(1000, 7, "FORBIDDEN") for _ in range(3)]
+        await refusals.flush()
+        await refusals.flush()  # nothing counted since: no row
+        return [*alone, refusals.audit_alone(1000, 7, "FORBIDDEN")]
+
+    alone, rows = ledger_scenario(tmp_path, steps)
+    assert alone == [True, True, False, True]
+    assert [row["error_code"] for row in rows] == ["FORBIDDEN=1"]
