@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import pwd
-import subprocess
 from collections import Counter
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -25,26 +23,16 @@ from agentd.store.migrations import migrate
 from agentd.telemetry.metrics import Registry
 from tests.conftest import DaemonProcess, wait_until
 from tests.fakes import FakeClock
-from tests.peer import peer_argv
-from tests.test_access import GROUP, OUTSIDER, open_path_to_others
+from tests.members import needs_root, run_peer, start_member_daemon
+from tests.test_access import OUTSIDER
 
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to run a client under another uid"
-)
 OUTSIDER_UID = pwd.getpwnam(OUTSIDER).pw_uid
 T = TypeVar("T")
 
 
 def flood(d: DaemonProcess, cmd: str, count: int) -> dict[str, int]:
     """`count` requests of `cmd` from the outsider, pipelined; the codes it got back."""
-    result = subprocess.run(
-        peer_argv(OUTSIDER, GROUP, d.socket, "flood", cmd, str(count)),
-        env={**d.env, "HOME": "/tmp"},
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
-    codes: dict[str, int] = json.loads(result.stdout)
+    codes: dict[str, int] = run_peer(d, OUTSIDER, "flood", cmd, str(count))
     return codes
 
 
@@ -84,12 +72,7 @@ def individual_counts(rows: list[dict[str, Any]]) -> Counter[str]:
 
 @pytest.fixture
 def group_daemon(make_daemon: Callable[..., DaemonProcess]) -> Callable[..., DaemonProcess]:
-    def start(**env: str) -> DaemonProcess:
-        d = make_daemon({"AGENTD_DAEMON__SOCKET_GROUP": GROUP, **env})
-        open_path_to_others(Path(d.socket).parent)
-        return d.start()
-
-    return start
+    return lambda **env: start_member_daemon(make_daemon, env)
 
 
 @needs_root
@@ -155,8 +138,10 @@ def test_refusals_are_counted_in_metrics_whether_audited_alone_or_not(
     d = group_daemon(AGENTD_LIMITS__REFUSALS_AUDITED_EACH="3")
     flood(d, "no-such-command", 50)
     text = d.agentctl("metrics", "--prometheus").stdout.decode()
-    assert 'agentd_requests_total{command="unknown",outcome="UNKNOWN_COMMAND"} 50.0' in text
-    assert 'agentd_audit_refusals_aggregated_total{code="UNKNOWN_COMMAND"} 47.0' in text
+    assert 'agentd_requests_total{command="unknown",outcome="UNKNOWN_COMMAND"} 50.0' in text.split(
+        "\n"
+    )
+    assert 'agentd_audit_refusals_aggregated_total{code="UNKNOWN_COMMAND"} 47.0' in text.split("\n")
 
 
 def test_a_long_command_name_is_cut_in_debug_log_lines_and_in_the_answer(
