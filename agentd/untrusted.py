@@ -20,15 +20,5 @@ def clip(text: str, limit: int = MAX_CHARS) -> str:
         text = f"{text[:limit]}...(+{len(text) - limit} chars)"
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() else _escape(c) for c in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return (
-        f"\\x{code:02x}"
-        if code < 0x100
-        else f"\\u{code:04x}"
-        if code < 0x10000
-        else f"\\U{code:08x}"
-    )
+    # repr() writes an unprintable character as its escape: \x1b, \u202e, \U000e0001.
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -21,6 +21,7 @@ from agentd.store.audit import AuditQuery, AuditWriter
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.telemetry.metrics import Registry
+from agentd.untrusted import clip
 from tests.conftest import DaemonProcess, wait_until
 from tests.fakes import FakeClock
 from tests.members import needs_root, run_peer, start_member_daemon
@@ -221,3 +222,12 @@ def test_a_new_interval_gives_every_peer_its_budget_again(tmp_path: Path) -> Non
     alone, rows = ledger_scenario(tmp_path, steps)
     assert alone == [True, True, False, True]
     assert [row["error_code"] for row in rows] == ["FORBIDDEN=1"]
+
+
+def test_clip_cuts_client_text_and_says_how_much_went() -> None:
+    assert clip("x" * 100) == "x" * 64 + "...(+36 chars)"
+    assert clip("status") == "status"
+
+
+def test_clip_escapes_control_and_bidi_characters() -> None:
+    assert clip("a\x1b[2Kb\u202ec\x00") == "a\\x1b[2Kb\\u202ec\\x00"
