@@ -84,7 +84,9 @@ def test_a_refusal_flood_leaves_a_bounded_number_of_rows_with_the_right_counts(
     2. The daemon still answers root meanwhile.
     3. After a stop (which flushes the aggregate) and a restart, the trail holds the
        first 20 refusals one by one and one aggregate row with the other 4,980, by code."""
-    d = group_daemon(AGENTD_LIMITS__REFUSALS_AUDITED_EACH="20")
+    d = group_daemon(
+        AGENTD_LIMITS__REFUSALS_AUDITED_EACH="20", AGENTD_LIMITS__REFUSAL_INTERVAL_S="3600"
+    )
     before = audit_row_count(d)
     assert flood(d, "no-such-command", 3000) == {"UNKNOWN_COMMAND": 3000}
     assert flood(d, "stop", 2000) == {"FORBIDDEN": 2000}
@@ -136,7 +138,9 @@ def test_rate_limited_refusals_are_aggregated_at_each_interval_end(
 def test_refusals_are_counted_in_metrics_whether_audited_alone_or_not(
     group_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    d = group_daemon(AGENTD_LIMITS__REFUSALS_AUDITED_EACH="3")
+    d = group_daemon(
+        AGENTD_LIMITS__REFUSALS_AUDITED_EACH="3", AGENTD_LIMITS__REFUSAL_INTERVAL_S="3600"
+    )
     flood(d, "no-such-command", 50)
     text = d.agentctl("metrics", "--prometheus").stdout.decode()
     assert 'agentd_requests_total{command="unknown",outcome="UNKNOWN_COMMAND"} 50.0' in text.split(
