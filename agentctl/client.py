@@ -135,7 +135,20 @@ class Client:
         try:
             self._sock.sendall(encode_frame(message))
         except OSError as exc:
+            # A connection over the daemon's limits is answered BUSY and closed before
+            # our request goes out: that answer is still ours to read, and says why.
+            refusal = self._answered_error()
+            if refusal is not None:
+                raise DaemonError(refusal) from None
             raise ConnectionLost(f"lost the connection to agentd: {exc.strerror or exc}") from None
+
+    def _answered_error(self) -> dict[str, Any] | None:
+        """The error the daemon sent before it closed the connection, if any."""
+        try:
+            error = self._receive().get("error")
+        except ConnectionLost:
+            return None
+        return error if isinstance(error, dict) else None
 
     def _receive(self) -> dict[str, Any]:
         try:

@@ -39,6 +39,8 @@ class DaemonSettings:
     socket_group: str = ""  # group allowed on the socket (mode 0660); "" = owner only (0600)
     max_frame_bytes: int = 1024 * 1024
     max_connections: int = 1024
+    max_connections_per_uid: int = 64  # admins are not held to it
+    admin_reserved_connections: int = 8  # the last free slots: admins only (as root's way in)
     idle_timeout_s: float = 300.0  # a connection silent between requests this long is closed
     frame_timeout_s: float = 10.0  # a frame started but not finished within this is dropped
     shutdown_grace_s: float = 20.0  # in-flight chats get this long on STOPPING
@@ -332,6 +334,7 @@ def _validate(config: Config) -> None:
     positive = {
         "daemon.max_frame_bytes": config.daemon.max_frame_bytes,
         "daemon.max_connections": config.daemon.max_connections,
+        "daemon.max_connections_per_uid": config.daemon.max_connections_per_uid,
         "daemon.idle_timeout_s": config.daemon.idle_timeout_s,
         "daemon.frame_timeout_s": config.daemon.frame_timeout_s,
         "daemon.health_interval_s": config.daemon.health_interval_s,
@@ -354,8 +357,19 @@ def _validate(config: Config) -> None:
             f"{_origin(config, 'access.socket_group_role')}: access.socket_group_role must be "
             f"one of {', '.join(SOCKET_GROUP_ROLES)}"
         )
+    _validate_reserve(config)
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
+
+
+def _validate_reserve(config: Config) -> None:
+    reserved, total = config.daemon.admin_reserved_connections, config.daemon.max_connections
+    if not 0 <= reserved < total:
+        key = "daemon.admin_reserved_connections"
+        raise ConfigError(
+            f"{_origin(config, key)}: {key} must be at least 0 and below "
+            f"daemon.max_connections ({total}), got {reserved}"
+        )
 
 
 def _origin(config: Config, key: str) -> str:

@@ -69,11 +69,14 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        if not self._server.admit(self):
-            self._send(error_reply(None, ErrorCode.BUSY, "too many connections"))
+        # The kernel's word on who is calling, before anything else: the connection
+        # limits are per uid. (getsockopt cannot fail on a connected Unix socket.)
+        self._peer = peer_credentials(transport.get_extra_info("socket"))
+        refusal = self._server.admit(self, self._peer)
+        if refusal is not None:
+            self._send(error_reply(None, ErrorCode.BUSY, refusal))
             self._close()
             return
-        self._peer = peer_credentials(transport.get_extra_info("socket"))
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -96,7 +99,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._server.forget(self)
+        self._server.forget(self, self._peer)  # its slot goes back, however it ended
         self._cancel_timer()
         if self._request is not None and self._long_running:
             self._request.cancel()

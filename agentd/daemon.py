@@ -29,6 +29,7 @@ from agentd.paths import Paths
 from agentd.providers import BreakerState, create_provider
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
+from agentd.refusals import RefusalAudit
 from agentd.runtime import Runtime
 from agentd.secrets import load_db_key, load_gemini_key
 from agentd.server import Server, bind_socket, refuse_waiting_clients
@@ -77,6 +78,7 @@ class Daemon:
         self._tasks: list[asyncio.Task[Any]] = []
         self._db: Database | None = None
         self._server: Server | None = None
+        self._refusals: RefusalAudit | None = None
         self._bound_socket = False
         self._adopted: socket.socket | None = None
         self._recovery: asyncio.Task[None] | None = None
@@ -121,7 +123,18 @@ class Daemon:
         sock = self._listen_socket()  # first: a second daemon stops here, before the store
         self._lock.acquire()  # ... or here, when it listens elsewhere on the same state dir
         runtime = await self._open_store()
-        self._server = Server(self.config.daemon, Dispatcher(runtime))
+        self._refusals = RefusalAudit(
+            runtime.audit,
+            runtime.metrics.refusals_aggregated,
+            audited_each=self.config.limits.refusals_audited_each,
+            interval_s=self.config.limits.refusal_interval_s,
+        )
+        self._server = Server(
+            self.config.daemon,
+            Dispatcher(runtime, self._refusals),
+            runtime.access,
+            runtime.metrics.connections_refused,
+        )
         await self._server.start(sock)
         self.lifecycle.transition(State.READY, "listening")
         self._notifier.ready(f"{State.READY}: listening on {self.paths.socket}")
@@ -290,6 +303,8 @@ class Daemon:
             self._spawn(run_watchdog(self._notifier, interval), "watchdog")
         self._spawn(HealthChecks(self.runtime).run(), "health")
         self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
+        if self._refusals is not None:
+            self._spawn(self._refusals.run(), "refusal-audit")
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")
@@ -387,6 +402,8 @@ class Daemon:
         if self._db is None:
             return
         if self.runtime is not None:
+            if self._refusals is not None:
+                await self._refusals.flush()  # refusals counted so far: their rows, too
             await self.runtime.audit.close()  # queued audit rows go in before the store closes
             with contextlib.suppress(StoreError):
                 await save_counters(self.runtime)

@@ -28,9 +28,11 @@ from agentd.errors import (
 from agentd.lifecycle import SERVING, State
 from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
 from agentd.ratelimit import CHAT, CHEAP
+from agentd.refusals import REFUSALS, RefusalAudit
 from agentd.runtime import Runtime
 from agentd.store.audit import AuditEvent
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
+from agentd.untrusted import clip
 
 logger = logging.getLogger(__name__)
 
@@ -57,10 +59,15 @@ class Finished(NamedTuple):
 
 
 class Dispatcher:
-    """Runs requests: `answer_now` for handlers that never wait, `handle` for the rest."""
+    """Runs requests: `answer_now` for handlers that never wait, `handle` for the rest.
 
-    def __init__(self, runtime: Runtime) -> None:
+    Each request leaves an audit row, but a peer's refusals past a budget per
+    interval are only counted, into one row per peer (refusals.py).
+    """
+
+    def __init__(self, runtime: Runtime, refusals: RefusalAudit) -> None:
         self._runtime = runtime
+        self._refusals = refusals
 
     def answer_now(self, request: Request, peer: Peer) -> dict[str, Any] | None:
         """The reply of a request whose handler never waits (status, ping...), computed
@@ -124,7 +131,7 @@ class Dispatcher:
     def _admit(self, call: Call) -> CommandSpec:
         spec = COMMANDS.get(call.request.cmd)
         if spec is None:
-            raise UnknownCommand(f"unknown command {call.request.cmd!r}")
+            raise UnknownCommand(f"unknown command {clip(call.request.cmd)!r}")
         role = self._runtime.access.role_of(call.peer)
         if role < spec.role:
             raise Forbidden(
@@ -137,7 +144,7 @@ class Dispatcher:
             raise NotReady(f"agentd is {state}")
         unknown = call.args.keys() - spec.args if call.args else None
         if unknown:
-            raise BadRequest(f"{spec.name} takes no argument {sorted(unknown)[0]!r}")
+            raise BadRequest(f"{spec.name} takes no argument {clip(sorted(unknown)[0])!r}")
         if spec.cost == CHEAP:  # chat is limited by the chat pipeline, per session too
             self._runtime.limiter.check(call.peer.uid, None, CHEAP)
         return spec
@@ -167,7 +174,7 @@ class Dispatcher:
         """INTERNAL, with an error id that finds the traceback in the log."""
         error_id = "e-" + uuid.uuid4().hex[:12]
         request = finished.call.request
-        logger.exception("internal error in %s", request.cmd, extra={"error_id": error_id})
+        logger.exception("internal error in %s", clip(request.cmd), extra={"error_id": error_id})
         self._log_outcome(finished)
         return error_reply(
             request.id,
@@ -192,12 +199,15 @@ class Dispatcher:
         """Metrics and the audit row, queued (answer_now checked there is room)."""
         event = self._audit_event(finished)
         self._record_metrics(finished, event)
-        self._runtime.audit.record_nowait(event)
+        if finished.code is None or self._audited_alone(finished.code, finished.call.peer):
+            self._runtime.audit.record_nowait(event)
 
     async def _account(self, finished: Finished) -> None:
         """Metrics and the audit row; an answered chat's row is committed before the reply."""
         event = self._audit_event(finished)
         self._record_metrics(finished, event)
+        if finished.code is not None and not self._audited_alone(finished.code, finished.call.peer):
+            return  # counted into the peer's aggregate row of refusals
         spec = finished.spec
         if spec is not None and spec.cost == CHAT and finished.code is None:
             try:
@@ -210,6 +220,11 @@ class Dispatcher:
                     exc,
                 )
         await self._runtime.audit.record(event)
+
+    def _audited_alone(self, code: str, peer: Peer) -> bool:
+        """Does a request failed with `code` get an audit row of its own? A refusal past
+        the peer's budget for the interval does not: it counts toward the aggregate row."""
+        return code not in REFUSALS or self._refusals.audit_alone(peer.uid, peer.pid, code)
 
     def _audit_event(self, finished: Finished) -> AuditEvent:
         call, spec = finished.call, finished.spec
@@ -238,7 +253,7 @@ class Dispatcher:
     def _log_outcome(self, finished: Finished) -> None:
         if not logger.isEnabledFor(logging.DEBUG):
             return  # the fields below cost a share of a `status` when nobody reads them
-        cmd, code = finished.call.request.cmd, finished.code
+        cmd, code = clip(finished.call.request.cmd), finished.code
         logger.debug(
             "%s %s",
             cmd,

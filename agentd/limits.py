@@ -1,4 +1,5 @@
-"""Admission control: token buckets, per-peer budgets, log throttling, the chat queue.
+"""Admission control: token buckets, per-peer budgets, log throttling, the chat queue,
+connection slots.
 
 Request path, in order::
 
@@ -7,6 +8,9 @@ Request path, in order::
         └─ per session, per class   KeyedBuckets[(class, uid, session_id)]
     AdmissionQueue.admit()          chat only: max concurrent provider calls,
                                     bounded wait queue, QueueFull (BUSY) when full
+
+``ConnectionSlots`` bounds connections in total and per peer uid, keeping the
+last few slots for admins (see its docstring).
 
 ``Throttle`` keeps a flood (of refused requests, of one repeating error) from
 flooding the log.
@@ -24,7 +28,7 @@ from collections.abc import AsyncIterator, Callable, Hashable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Generic, TypeAlias, TypeVar
+from typing import Final, Generic, TypeAlias, TypeVar
 
 from agentd.errors import Busy
 
@@ -338,3 +342,84 @@ class AdmissionQueue:
 
     def _waiting(self) -> int:
         return sum(not slot.done() for slot in self._waiters)
+
+
+@dataclass(frozen=True)
+class SlotStatistics:
+    in_use: int
+    capacity: int
+    per_key: int
+    reserved: int
+    keys: int  # peers holding at least one slot
+    refused: int
+
+
+class ConnectionSlots(Generic[K]):
+    """At most ``capacity`` connections, at most ``per_key`` of them for one key (a
+    peer uid), and the last ``reserved`` free slots for privileged peers only.
+
+    ::
+
+        refusal = slots.try_acquire(uid, privileged=lambda: is_admin(peer))
+        ...                                  # None: admitted; else why not
+        slots.release(uid)                   # once per admitted connection
+
+    As PostgreSQL's superuser_reserved_connections: an unprivileged peer is refused
+    while the free slots are at or below the reserve, so no member can hold every
+    slot and lock root out of `agentctl stop`. Privileged peers are not held to
+    ``per_key`` either (PostgreSQL's superusers ignore a role's connection limit).
+    ``privileged`` is only asked when a limit is reached, so the common case costs
+    two dict operations per connection and nothing per request.
+    """
+
+    FULL: Final = "max_connections"
+    RESERVED: Final = "admin_reserved_connections"
+    PER_KEY: Final = "max_connections_per_uid"
+
+    def __init__(self, capacity: int, per_key: int, reserved: int) -> None:
+        if capacity < 1 or per_key < 1 or not 0 <= reserved < capacity:
+            raise ValueError(
+                f"need capacity >= 1, per_key >= 1, 0 <= reserved < capacity: "
+                f"{capacity}, {per_key}, {reserved}"
+            )
+        self.capacity = capacity
+        self.per_key = per_key
+        self.reserved = reserved
+        self._held: dict[K, int] = {}
+        self._in_use = 0
+        self._refused = 0
+
+    def try_acquire(self, key: K, privileged: Callable[[], bool]) -> str | None:
+        """Take a slot for ``key`` and return None, or take none and return the limit
+        that refused it (FULL, RESERVED or PER_KEY)."""
+        refusal = self._limit_reached(key)
+        if refusal is not None and (refusal == self.FULL or not privileged()):
+            self._refused += 1
+            return refusal
+        self._held[key] = self._held.get(key, 0) + 1
+        self._in_use += 1
+        return None
+
+    def release(self, key: K) -> None:
+        """Give back a slot taken for ``key``: exactly once per admitted connection."""
+        held = self._held.pop(key)  # KeyError: a release without an acquire, a bug
+        if held > 1:
+            self._held[key] = held - 1
+        self._in_use -= 1
+
+    def held(self, key: K) -> int:
+        return self._held.get(key, 0)
+
+    def statistics(self) -> SlotStatistics:
+        return SlotStatistics(
+            self._in_use, self.capacity, self.per_key, self.reserved, len(self._held), self._refused
+        )
+
+    def _limit_reached(self, key: K) -> str | None:
+        if self._in_use >= self.capacity:
+            return self.FULL
+        if self._held.get(key, 0) >= self.per_key:
+            return self.PER_KEY
+        if self.capacity - self._in_use <= self.reserved:
+            return self.RESERVED
+        return None

@@ -43,6 +43,10 @@ class LimitSettings:
     session_burst: float = 20.0
     # At most one warning about refused requests per this many seconds.
     log_interval_s: float = 10.0
+    # Refusals (unknown command, FORBIDDEN, RATE_LIMITED...) audited one by one per peer
+    # uid and interval; the rest are counted in one row per peer and interval (refusals.py).
+    refusals_audited_each: int = 20
+    refusal_interval_s: float = 60.0
 
     def problems(self) -> list[tuple[str, str]]:
         positive = (
@@ -61,6 +65,10 @@ class LimitSettings:
         ]
         if self.log_interval_s < 0:
             out.append(("log_interval_s", "must not be negative"))
+        if self.refusals_audited_each < 0:
+            out.append(("refusals_audited_each", "must not be negative"))
+        if self.refusal_interval_s <= 0:
+            out.append(("refusal_interval_s", "must be greater than 0"))
         return out
 
 

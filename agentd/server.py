@@ -15,13 +15,16 @@ import logging
 import os
 import socket
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from agentd.access import AccessPolicy, Peer, Role
 from agentd.config import DaemonSettings
 from agentd.connection import ClientConnection
 from agentd.dispatch import Dispatcher
 from agentd.errors import AlreadyRunning, ConfigError
+from agentd.limits import ConnectionSlots, Throttle
 from agentd.paths import ensure_private_dir
 from agentd.protocol import (
     ErrorCode,
@@ -30,10 +33,12 @@ from agentd.protocol import (
     path_problem,
     private_socket_dir,
 )
+from agentd.telemetry.metrics import Counter
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
+REFUSAL_LOG_INTERVAL_S = 10.0  # at most one line per this long about refused connections
 
 
 @dataclass(frozen=True)
@@ -149,16 +154,34 @@ def refuse_waiting_clients(sock: socket.socket, message: str) -> int:
 
 
 class Server:
-    """Accepts connections (each a ClientConnection) within the connection limit, and
-    knows which requests a graceful stop must wait for."""
+    """Accepts connections (each a ClientConnection) within the connection limits, and
+    knows which requests a graceful stop must wait for.
 
-    def __init__(self, settings: DaemonSettings, dispatcher: Dispatcher) -> None:
+    Limits (limits.ConnectionSlots): `max_connections` in all, `max_connections_per_uid`
+    per peer uid, and the last `admin_reserved_connections` free slots for admins, so
+    that root's `agentctl stop` gets in whatever one member holds open.
+    """
+
+    def __init__(
+        self,
+        settings: DaemonSettings,
+        dispatcher: Dispatcher,
+        access: AccessPolicy,
+        refused: Counter,
+    ) -> None:
         self._settings = settings
         self._dispatcher = dispatcher
+        self._access = access
+        self._refused_metric = refused  # connections_refused_total, by limit
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[ClientConnection] = set()
+        self._slots = ConnectionSlots[int](
+            settings.max_connections,
+            settings.max_connections_per_uid,
+            settings.admin_reserved_connections,
+        )
+        self._refusal_log = Throttle(REFUSAL_LOG_INTERVAL_S, time.monotonic)
         self._total = 0
-        self._refused = 0
         self._protocol_errors = 0
         self._finishing = 0  # requests that must finish (reply sent) before a graceful stop
         self._drained = asyncio.Event()
@@ -185,23 +208,28 @@ class Server:
         await self._drained.wait()
 
     def statistics(self) -> ServerStatistics:
+        slots = self._slots.statistics()
         return ServerStatistics(
-            len(self._connections), self._total, self._refused, self._protocol_errors
+            len(self._connections), self._total, slots.refused, self._protocol_errors
         )
 
     # -- for connections -----------------------------------------------------------------
 
-    def admit(self, connection: ClientConnection) -> bool:
-        """Count a new connection; False (refused) beyond the connection limit."""
+    def admit(self, connection: ClientConnection, peer: Peer) -> str | None:
+        """Count a new connection and take a slot for it: None when admitted, else
+        why not (the BUSY message). Every admitted connection is `forget`-ed once."""
         self._total += 1
-        if len(self._connections) >= self._settings.max_connections:
-            self._refused += 1
-            return False
+        limit = self._slots.try_acquire(peer.uid, lambda: self._access.role_of(peer) >= Role.ADMIN)
+        if limit is not None:
+            return self._refuse(peer, limit)
         self._connections.add(connection)
-        return True
+        return None
 
-    def forget(self, connection: ClientConnection) -> None:
-        self._connections.discard(connection)
+    def forget(self, connection: ClientConnection, peer: Peer) -> None:
+        """The connection ended (whichever way): give its slot back, if it had one."""
+        if connection in self._connections:
+            self._connections.remove(connection)
+            self._slots.release(peer.uid)
 
     def count_protocol_error(self) -> None:
         self._protocol_errors += 1
@@ -214,3 +242,30 @@ class Server:
         self._finishing -= 1
         if self._finishing == 0:
             self._drained.set()
+
+    def _refuse(self, peer: Peer, limit: str) -> str:
+        self._refused_metric.inc(limit=limit)
+        message = _refusal_message(limit, self._settings, self._slots.held(peer.uid))
+        if self._refusal_log.should_log():
+            logger.warning(
+                "refused a connection from uid %d: %s (%d more refusals held back)",
+                peer.uid,
+                message,
+                self._refusal_log.suppressed,
+                extra={"refused_uid": peer.uid, "limit": limit},
+            )
+        return message
+
+
+def _refusal_message(limit: str, settings: DaemonSettings, held: int) -> str:
+    if limit == ConnectionSlots.PER_KEY:
+        return (
+            f"too many connections from this user ({held} open; "
+            f"daemon.max_connections_per_uid = {settings.max_connections_per_uid})"
+        )
+    if limit == ConnectionSlots.RESERVED:
+        return (
+            f"too many connections: the last {settings.admin_reserved_connections} of "
+            f"daemon.max_connections = {settings.max_connections} are reserved for admins"
+        )
+    return f"too many connections (daemon.max_connections = {settings.max_connections})"

@@ -195,7 +195,9 @@ def test_five_hundred_clients_at_once_are_all_answered(daemon: DaemonProcess) ->
 def test_connections_over_the_limit_are_refused_busy(
     make_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    d = make_daemon({"AGENTD_DAEMON__MAX_CONNECTIONS": "3"}).start()
+    d = make_daemon(
+        {"AGENTD_DAEMON__MAX_CONNECTIONS": "3", "AGENTD_DAEMON__ADMIN_RESERVED_CONNECTIONS": "1"}
+    ).start()
     held = [connect(d) for _ in range(3)]
     try:
         for sock in held:  # each is accepted and answered

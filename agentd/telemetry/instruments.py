@@ -147,6 +147,20 @@ class Instruments:
             ("reason",),
             lifetime=True,
         )
+        self.connections_refused = r.counter(
+            "connections_refused_total",
+            "Connections refused (BUSY) by the limit that refused them: max_connections, "
+            "max_connections_per_uid, admin_reserved_connections.",
+            ("limit",),
+            lifetime=True,
+        )
+        self.refusals_aggregated = r.counter(
+            "audit_refusals_aggregated_total",
+            "Refused requests audited in a peer's aggregate row instead of a row each "
+            "(past [limits] refusals_audited_each in an interval), by error code.",
+            ("code",),
+            lifetime=True,
+        )
         self.chat_latency = r.histogram(
             "chat_latency_seconds", "Chat latency, end to end, of answered chats."
         )
