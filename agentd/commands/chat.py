@@ -1,19 +1,29 @@
-"""chat, sessions, history, session_delete: the conversation commands."""
+"""chat, sessions, session_*, history: the conversation commands.
+
+Every session lookup goes through `_find`, which asks the store for the
+peer's own sessions (admins: any by id), so another user's session is
+NOT_FOUND whatever the command. Each uid has its own current session.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Final
 
-from agentd.access import Role
+from agentd.access import Role, resolve_uid
+from agentd.chat import validate_session_name, validate_system_prompt
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
-from agentd.errors import BadRequest, NotFound
+from agentd.errors import BadRequest, Forbidden, NotFound
+from agentd.ownership import ALL_USERS, note_owner, owner_for
 from agentd.runtime import Runtime
-from agentd.store import messages, sessions, state
+from agentd.store import messages, sessions
+from agentd.store.messages import StoredTurn
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
 
-MAX_NAME = 100
+MAX_LIST: Final = 10_000
+MIN_PIECE_BYTES: Final = 4096
 
 
 @command(
@@ -43,46 +53,112 @@ async def _session_for_chat(runtime: Runtime, call: Call) -> Session:
     if optional(call.args, "new_session", bool, False):
         name = optional_or_none(call.args, "session_name", str)
         prompt = optional_or_none(call.args, "system_prompt", str)
-        return await _new_session(runtime, name, prompt)
+        return await _new_session(runtime, call, name, prompt)
     if call.args.get("session_name") is not None or call.args.get("system_prompt") is not None:
         raise BadRequest("session_name and system_prompt go with new_session")
     ref = optional_or_none(call.args, "session", str)
-    return await find_session(runtime, ref or runtime.session_id)
+    if ref is not None:
+        return await _find(runtime, call, ref)
+    return await _current_or_new(runtime, call)
 
 
-async def _new_session(runtime: Runtime, name: str | None, system_prompt: str | None) -> Session:
+async def _current_or_new(runtime: Runtime, call: Call) -> Session:
+    """The peer's current session; a first chat (or one after it was deleted) starts one."""
+    current = runtime.current.get(call.peer.uid)
+    if current is not None:
+        owner = owner_for(call.peer, runtime.access.role_of(call.peer))
+        session = await runtime.db.run(sessions.find, current, owner)
+        if session is not None:
+            note_owner(call.peer, session.owner_uid)
+            return session
+    return await _new_session(runtime, call, None, None)
+
+
+async def _new_session(
+    runtime: Runtime, call: Call, name: str | None, system_prompt: str | None
+) -> Session:
+    uid = call.peer.uid
+    if system_prompt is not None:
+        validate_system_prompt(
+            system_prompt,
+            runtime.config.chat.max_system_prompt_bytes,
+            runtime.config.gemini.context_token_budget,
+        )
     if name is not None:
-        if not name.strip() or len(name) > MAX_NAME:
-            raise BadRequest(f"a session name is 1 to {MAX_NAME} characters")
-        if await runtime.db.run(sessions.find, name) is not None:
-            raise BadRequest(f"a session named {name!r} exists already")
-    session = await runtime.db.run(sessions.create, name, system_prompt)
-    await runtime.db.run(state.put_values, {"current_session": session.id})
-    runtime.session_id = session.id
+        validate_session_name(name)
+        if await runtime.db.run(sessions.name_taken, uid, name):
+            raise BadRequest(f"you have a session named {name!r} already")
+    session = await runtime.db.run(sessions.create, uid, name, system_prompt)
+    await runtime.current.set(uid, session.id)
     return session
 
 
-async def find_session(runtime: Runtime, ref: str) -> Session:
-    session = await runtime.db.run(sessions.find, ref)
+async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
+    """The peer's session `ref` (admins: anyone's by id); NOT_FOUND for anything else,
+    another user's session included, so a peer cannot learn that it exists."""
+    owner = owner_for(call.peer, runtime.access.role_of(call.peer))
+    session = await runtime.db.run(sessions.find, ref, owner)
     if session is None:
         raise NotFound(f"no session {ref!r}; `agentctl sessions` lists them")
+    note_owner(call.peer, session.owner_uid)
     return session
 
 
-@command("sessions", role=Role.CHAT, args=("limit",))
+async def _find_or_current(runtime: Runtime, call: Call) -> Session:
+    ref = optional_or_none(call.args, "session", str) or runtime.current.get(call.peer.uid)
+    if ref is None:
+        raise NotFound("you have no current session yet; `agentctl chat` starts one")
+    return await _find(runtime, call, ref)
+
+
+@command("sessions", role=Role.CHAT, args=("limit", "all", "user"))
 async def list_sessions(runtime: Runtime, call: Call) -> dict[str, Any]:
-    limit = optional(call.args, "limit", int, 100)
-    found = await runtime.db.run(sessions.list_all, max(1, min(limit, 10_000)))
+    """The peer's own sessions; admins may ask for everyone's (all) or one user's (user)."""
+    limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
+    owner_uid = _listed_owner(runtime, call)
+    found = await runtime.db.run(sessions.list_owned, owner_uid, limit)
+    current = runtime.current.get(call.peer.uid)
     return {
-        "current": runtime.session_id,
-        "sessions": [{**s.as_dict(), "current": s.id == runtime.session_id} for s in found],
+        "current": current,
+        "sessions": [_listed(s, current) for s in found],
     }
+
+
+def _listed(session: Session, current: str | None) -> dict[str, Any]:
+    """A session in a listing: its system prompt (up to chat.max_system_prompt_bytes,
+    times thousands of sessions) is left to `session_use` and `history`."""
+    listed = session.as_dict()
+    prompt = listed.pop("system_prompt")
+    return {**listed, "has_system_prompt": prompt is not None, "current": session.id == current}
+
+
+def _listed_owner(runtime: Runtime, call: Call) -> int | None:
+    """Whose sessions to list (None: everyone's), audited when not the peer's own."""
+    everyone = optional(call.args, "all", bool, False)
+    user = optional_or_none(call.args, "user", str)
+    if everyone and user is not None:
+        raise BadRequest("give all or user, not both")
+    uid = call.peer.uid if user is None else _uid_of(user)
+    if not everyone and uid == call.peer.uid:
+        return uid
+    if runtime.access.role_of(call.peer) < Role.ADMIN:
+        raise Forbidden("listing other users' sessions needs the admin role")
+    note_owner(call.peer, ALL_USERS if everyone else uid)
+    return None if everyone else uid
+
+
+def _uid_of(user: str) -> int:
+    try:
+        return resolve_uid(user)
+    except LookupError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 @command("session_new", role=Role.CHAT, args=("name", "system_prompt"))
 async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _new_session(
         runtime,
+        call,
         optional_or_none(call.args, "name", str),
         optional_or_none(call.args, "system_prompt", str),
     )
@@ -91,26 +167,89 @@ async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
 
 @command("session_use", role=Role.CHAT, args=("session",))
 async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, required(call.args, "session", str))
-    await runtime.db.run(state.put_values, {"current_session": session.id})
-    runtime.session_id = session.id
+    session = await _find(runtime, call, required(call.args, "session", str))
+    await runtime.current.set(call.peer.uid, session.id)
     return {"session": session.as_dict()}
 
 
-@command("history", role=Role.CHAT, args=("session", "limit"))
-async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, optional(call.args, "session", str, runtime.session_id))
-    limit = max(1, min(optional(call.args, "limit", int, 100), 10_000))
-    turns = await runtime.db.run(messages.history, session.id, limit)
-    return {"session": session.as_dict(), "messages": [t.as_dict() for t in turns]}
-
-
-@command("session_delete", role=Role.ADMIN, args=("session",))
+@command("session_delete", role=Role.CHAT, args=("session",))
 async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, required(call.args, "session", str))
-    await runtime.db.run(sessions.delete, session.id)
-    if session.id == runtime.session_id:
-        replacement = await runtime.db.run(sessions.create, None, None)
-        await runtime.db.run(state.put_values, {"current_session": replacement.id})
-        runtime.session_id = replacement.id
-    return {"deleted": session.id, "current": runtime.session_id}
+    """Delete one of the peer's sessions (admins: anyone's) with its messages."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    session_id_var.set(session.id)
+    was_current = runtime.current.get(call.peer.uid) == session.id
+    await runtime.db.run(sessions.delete, session)
+    await runtime.current.forget_session(session.id)
+    if was_current:
+        replacement = await runtime.db.run(sessions.create, call.peer.uid, None, None)
+        await runtime.current.set(call.peer.uid, replacement.id)
+    return {"deleted": session.id, "current": runtime.current.get(call.peer.uid)}
+
+
+@command("history", role=Role.CHAT, args=("session", "limit", "stream"))
+async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """A session's latest messages, oldest first.
+
+    No frame may exceed the frame limit, whatever a session holds. With
+    `stream`, each message goes in `message` events, a long one split over
+    several (each piece marked `more` until its last); the reply only counts
+    them. Without it, the reply holds what fits in half a frame: the oldest
+    messages are left out first (`omitted`), and a message too large alone is
+    cut (`truncated`).
+    """
+    session = await _find_or_current(runtime, call)
+    session_id_var.set(session.id)
+    limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
+    ids = await runtime.db.run(messages.history_ids, session.id, limit)
+    budget = max(MIN_PIECE_BYTES, runtime.config.daemon.max_frame_bytes // 2)
+    if optional(call.args, "stream", bool, False):
+        sent = 0
+        for message_id in ids:
+            turn = await runtime.db.run(messages.turn, message_id)
+            if turn is not None:  # deleted meanwhile
+                for piece in _pieces(turn, budget):
+                    await call.emit("message", {"message": piece})
+                sent += 1
+        return {"session": session.as_dict(), "count": sent}
+    page, omitted = await _page(runtime, ids, budget)
+    return {"session": session.as_dict(), "messages": page, "omitted": omitted}
+
+
+async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dict[str, Any]], int]:
+    """The newest messages whose content fits `budget` bytes together, oldest first."""
+    page: list[dict[str, Any]] = []
+    used = 0
+    for position, message_id in enumerate(reversed(ids)):
+        turn = await runtime.db.run(messages.turn, message_id)
+        if turn is None:
+            continue
+        size = len(turn.content.encode("utf-8"))
+        if used + size > budget and page:
+            return page[::-1], len(ids) - position
+        if size > budget:
+            first = next(_split_utf8(turn.content, budget))
+            page.append({**turn.as_dict(), "content": first, "truncated": True})
+        else:
+            page.append(turn.as_dict())
+        used += size
+    return page[::-1], 0
+
+
+def _pieces(turn: StoredTurn, max_bytes: int) -> Iterator[dict[str, Any]]:
+    """The message as one or more event payloads of at most `max_bytes` of text each."""
+    meta = turn.as_dict()
+    parts = list(_split_utf8(turn.content, max_bytes)) or [""]
+    for index, text in enumerate(parts):
+        yield {**meta, "content": text, "more": index < len(parts) - 1}
+
+
+def _split_utf8(text: str, max_bytes: int) -> Iterator[str]:
+    """`text` in pieces of at most `max_bytes` UTF-8 bytes, cut between characters."""
+    data = text.encode("utf-8")
+    start = 0
+    while start < len(data):
+        end = min(start + max_bytes, len(data))
+        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: back off
+            end -= 1
+        yield data[start:end].decode("utf-8")
+        start = end
