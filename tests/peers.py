@@ -6,6 +6,7 @@ Needs root (useradd, setpriv); the test modules using it skip otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pty
@@ -14,13 +15,17 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from agentd.secrets import Secret
+from agentd.store.database import Database
 from tests.conftest import DaemonProcess
 from tests.test_access import open_path_to_others
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -146,3 +151,19 @@ def on_tty(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, b
         process.kill()
         os.close(master)
     return status, bytes(received)
+
+
+def with_store(state_dir: Path, fn: Callable[..., T], *args: Any) -> T:
+    """fn(conn, *args) on the daemon's real SQLCipher file, opened with its key file
+    (the daemon must be stopped)."""
+    key = Secret((state_dir / "db.key").read_text().strip())
+
+    async def scenario() -> T:
+        db = Database(state_dir / "agentd.db", key)
+        await db.open()
+        try:
+            return await db.run(fn, *args)
+        finally:
+            await db.close()
+
+    return asyncio.run(scenario())

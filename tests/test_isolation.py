@@ -8,7 +8,6 @@ another user's data leaves an audit row naming whose it was.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -17,13 +16,12 @@ from typing import Any
 
 import pytest
 
-from agentd.secrets import Secret
 from agentd.store import state
-from agentd.store.database import Connection, Database
+from agentd.store.database import Connection
 from agentd.store.migrations import MIGRATIONS
 from tests.conftest import DaemonProcess, clean_environ, gemini_env
 from tests.fake_gemini import FakeGemini, echo
-from tests.peers import Member, Peers, as_member, start_group_daemon, throwaway_peers
+from tests.peers import Member, Peers, as_member, start_group_daemon, throwaway_peers, with_store
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to create users and run clients under their uids"
@@ -210,7 +208,7 @@ def test_a_system_prompt_is_bounded_in_bytes_and_by_the_context_budget(
 KEY_HEX = "ab" * 32
 
 
-def _legacy_store(path: Path) -> None:
+def _legacy_store(state_dir: Path) -> None:
     """A database as main wrote it before sessions had owners: migrations up to
     0003, two sessions with messages, and the one shared current session."""
 
@@ -234,15 +232,7 @@ def _legacy_store(path: Path) -> None:
             )
         state.put_values(conn, {"current_session": "s-00000000000000a1"})
 
-    async def scenario() -> None:
-        db = Database(path, Secret(KEY_HEX))
-        await db.open()
-        try:
-            await db.run(fill)
-        finally:
-            await db.close()
-
-    asyncio.run(scenario())
+    with_store(state_dir, fill)
 
 
 def test_sessions_of_an_upgraded_database_belong_to_the_daemons_own_user(
@@ -252,7 +242,7 @@ def test_sessions_of_an_upgraded_database_belong_to_the_daemons_own_user(
     state_dir.mkdir(mode=0o700)
     (state_dir / "db.key").write_text(KEY_HEX + "\n")
     (state_dir / "db.key").chmod(0o600)
-    _legacy_store(state_dir / "agentd.db")
+    _legacy_store(state_dir)
 
     d = start_group_daemon(make_daemon(), peers)
     assert d.call("status")["session_id"] == "s-00000000000000a1"  # the old current session
