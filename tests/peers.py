@@ -120,12 +120,16 @@ def raw_call_as(d: DaemonProcess, member: Member, cmd: str, args: dict[str, Any]
     return result.stdout.decode().strip()
 
 
-def on_tty(env: dict[str, str], *args: str, timeout: float = 60) -> tuple[int, bytes]:
-    """agentctl with its stdout on a real pseudo-terminal: (exit status, what the terminal got)."""
+def on_tty(
+    d: DaemonProcess, *args: str, member: Member | None = None, timeout: float = 60
+) -> tuple[int, bytes]:
+    """agentctl (as root, or as `member`) with its stdout on a real pseudo-terminal:
+    (exit status, what the terminal got)."""
     master, slave = pty.openpty()
+    prefix = _setpriv(member) if member else []
     process = subprocess.Popen(
-        [sys.executable, "-m", "agentctl", *args],
-        env={**env, "TERM": "xterm"},
+        [*prefix, sys.executable, "-m", "agentctl", *args],
+        env={**d.env, "HOME": "/tmp", "TERM": "xterm", "NO_COLOR": "1"},  # our own colours are ESC too
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,
