@@ -80,7 +80,7 @@ def test_a_session_name_with_controls_or_bidi_is_refused(
     assert json.loads(as_member(d, peers.bob, "sessions", "--json").stdout)["sessions"] == []
 
 
-def test_agentctl_reports_a_refused_name_with_exit_2_and_nothing_raw(
+def test_agentctl_refuses_a_hostile_name_with_exit_2_and_keeps_a_printable_one(
     d: DaemonProcess, peers: Peers
 ) -> None:
     for args in (("sessions", "new", HOSTILE[:40]), ("chat", "--new-session", "\x1b[2J", "hi")):
@@ -88,11 +88,6 @@ def test_agentctl_reports_a_refused_name_with_exit_2_and_nothing_raw(
         assert refused.returncode == 2, (args, refused.stderr)
         assert b"(BAD_REQUEST)" in refused.stderr
         assert_nothing_raw(refused.stderr)
-
-
-def test_a_printable_name_of_up_to_100_characters_is_kept_exactly(
-    d: DaemonProcess, peers: Peers
-) -> None:
     for name in ("café ✓ notes", "n" * 100):
         made = json.loads(as_member(d, peers.bob, "sessions", "new", name, "--json").stdout)
         assert made["session"]["name"] == name
@@ -166,20 +161,17 @@ def hostile_model(
     return start_group_daemon(make_daemon(gemini_env(fake_gemini)), peers)
 
 
-def test_a_hostile_answer_is_escaped_on_a_terminal_but_keeps_its_lines(
+def test_a_hostile_answer_is_escaped_on_a_terminal_and_exact_in_a_pipe(
     hostile_model: DaemonProcess, peers: Peers
 ) -> None:
+    """1. On a terminal: chat (streamed, and not) and history show the controls escaped,
+    keeping newlines and tabs. 2. In a pipe and in --json the answer is byte-exact."""
     for args in (("chat", "hi"), ("chat", "--no-stream", "hi"), ("history",)):
         status, screen = on_tty(hostile_model, *args, member=peers.bob)
         assert status == 0, (args, screen)
         assert_nothing_raw(screen)
         assert b"first\tline\r\nok\\x1b]0;owned\\x07\\x1b]52;c;cHduZWQ=\\x07\\x1b[1A" in screen
         assert b"\\u202eevil\\u2066\\x00end\r\nlast" in screen
-
-
-def test_a_hostile_answer_stays_byte_exact_in_a_pipe_and_in_json(
-    hostile_model: DaemonProcess, peers: Peers
-) -> None:
     expected = f"first\tline\n{HOSTILE}\nlast\n".encode()
     assert as_member(hostile_model, peers.bob, "chat", "hi").stdout == expected
     assert as_member(hostile_model, peers.bob, "chat", "--no-stream", "hi").stdout == expected
@@ -187,7 +179,7 @@ def test_a_hostile_answer_stays_byte_exact_in_a_pipe_and_in_json(
         as_member(hostile_model, peers.bob, "history", "--json").stdout
     )
     answers = [m["content"] for m in history["messages"] if m["role"] == "model"]
-    assert answers == [expected.decode()[:-1]] * 2
+    assert answers == [expected.decode()[:-1]] * 4  # two chats on the terminal, two here
     status, screen = on_tty(hostile_model, "history", "--json", member=peers.bob)
     assert status == 0
     assert_nothing_raw(screen)  # JSON escapes them itself: \u001b
