@@ -165,6 +165,29 @@ def sessions_use(session_ref: str) -> None:
     )
 
 
+@sessions.command("rename")
+@click.argument("session_ref", metavar="NAME|ID")
+@click.argument("name", required=False)
+@json_option
+def sessions_rename(session_ref: str, name: str | None) -> None:
+    """Rename one of your sessions (no NAME: remove its name)."""
+    args = {"session": session_ref, "name": name}
+    _show_session(options().client().call("session_rename", args), "renamed")
+
+
+@sessions.command("prompt")
+@click.argument("session_ref", metavar="NAME|ID")
+@click.argument("text", required=False)
+@click.option("--clear", is_flag=True, help="Remove the session's own system prompt.")
+@json_option
+def sessions_prompt(session_ref: str, text: str | None, clear: bool) -> None:
+    """Set the system prompt of one of your sessions (or --clear it)."""
+    if (text is None) != clear:
+        fail("give the prompt TEXT or --clear, not both or neither", exits.USAGE)
+    args = {"session": session_ref, "system_prompt": text}
+    _show_session(options().client().call("session_prompt", args), "system prompt set")
+
+
 @sessions.command("delete")
 @click.argument("session_ref", metavar="NAME|ID")
 @json_option

@@ -74,10 +74,14 @@ def assert_nothing_raw(screen: bytes) -> None:
 def test_a_session_name_with_controls_or_bidi_is_refused(
     d: DaemonProcess, peers: Peers, name: str
 ) -> None:
+    assert raw_call_as(d, peers.bob, "session_new", {"name": "mine"}) == ""
     assert raw_call_as(d, peers.bob, "session_new", {"name": name}) == "BAD_REQUEST"
     chat = {"message": "hi", "new_session": True, "session_name": name}
     assert raw_call_as(d, peers.bob, "chat", chat) == "BAD_REQUEST"
-    assert json.loads(as_member(d, peers.bob, "sessions", "--json").stdout)["sessions"] == []
+    rename = {"session": "mine", "name": name}
+    assert raw_call_as(d, peers.bob, "session_rename", rename) == "BAD_REQUEST"
+    listed = json.loads(as_member(d, peers.bob, "sessions", "--json").stdout)["sessions"]
+    assert [s["name"] for s in listed] == ["mine"]
 
 
 def test_agentctl_refuses_a_hostile_name_with_exit_2_and_keeps_a_printable_one(

@@ -7,6 +7,7 @@ NOT_FOUND whatever the command. Each uid has its own current session.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -78,19 +79,28 @@ async def _new_session(
     runtime: Runtime, call: Call, name: str | None, system_prompt: str | None
 ) -> Session:
     uid = call.peer.uid
+    _check_system_prompt(runtime, system_prompt)
+    await _check_name(runtime, uid, name)
+    session = await runtime.db.run(sessions.create, uid, name, system_prompt)
+    await runtime.current.set(uid, session.id)
+    return session
+
+
+def _check_system_prompt(runtime: Runtime, system_prompt: str | None) -> None:
     if system_prompt is not None:
         validate_system_prompt(
             system_prompt,
             runtime.config.chat.max_system_prompt_bytes,
             runtime.config.gemini.context_token_budget,
         )
+
+
+async def _check_name(runtime: Runtime, owner_uid: int, name: str | None) -> None:
+    """A valid name, not yet taken among the owner's sessions (names are per owner)."""
     if name is not None:
         validate_session_name(name)
-        if await runtime.db.run(sessions.name_taken, uid, name):
-            raise BadRequest(f"you have a session named {name!r} already")
-    session = await runtime.db.run(sessions.create, uid, name, system_prompt)
-    await runtime.current.set(uid, session.id)
-    return session
+        if await runtime.db.run(sessions.name_taken, owner_uid, name):
+            raise BadRequest(f"a session named {name!r} exists already")
 
 
 async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
@@ -170,6 +180,29 @@ async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _find(runtime, call, required(call.args, "session", str))
     await runtime.current.set(call.peer.uid, session.id)
     return {"session": session.as_dict()}
+
+
+@command("session_rename", role=Role.CHAT, args=("session", "name"))
+async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Name one of the peer's sessions (admins: anyone's); no name removes it."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    name = optional_or_none(call.args, "name", str)
+    if name != session.name:
+        await _check_name(runtime, session.owner_uid, name)
+    renamed = dataclasses.replace(session, name=name)
+    await runtime.db.run(sessions.update, renamed)
+    return {"session": renamed.as_dict()}
+
+
+@command("session_prompt", role=Role.CHAT, args=("session", "system_prompt"))
+async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Set or (none given) remove the system prompt of one of the peer's sessions."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    prompt = optional_or_none(call.args, "system_prompt", str)
+    _check_system_prompt(runtime, prompt)
+    changed = dataclasses.replace(session, system_prompt=prompt)
+    await runtime.db.run(sessions.update, changed)
+    return {"session": changed.as_dict()}
 
 
 @command("session_delete", role=Role.CHAT, args=("session",))

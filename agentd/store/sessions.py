@@ -99,6 +99,15 @@ def list_owned(conn: Connection, owner_uid: int | None, limit: int = 100) -> lis
     return [Session(*row) for row in rows]
 
 
+def update(conn: Connection, session: Session) -> None:
+    """Store `session`'s name and system prompt (a copy of one found through `find`)."""
+    with transaction(conn):
+        conn.execute(
+            "UPDATE sessions SET name = ?, system_prompt = ? WHERE id = ? AND owner_uid = ?",
+            (session.name, session.system_prompt, session.id, session.owner_uid),
+        )
+
+
 def delete(conn: Connection, session: Session) -> bool:
     """Delete `session` (found through `find`, so the caller may) and its messages."""
     with transaction(conn):
