@@ -20,12 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from agentd.secrets import Secret
 from agentd.store.database import Database
 from tests.conftest import DaemonProcess
 from tests.test_access import open_path_to_others
 
 T = TypeVar("T")
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to create users and run clients under their uids"
+)
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,13 @@ def throwaway_peers() -> Iterator[Peers]:
         for name in names:
             subprocess.run(["userdel", name], check=False, capture_output=True)
         subprocess.run(["groupdel", group], check=False, capture_output=True)
+
+
+@pytest.fixture(scope="module", name="peers")
+def peers_fixture() -> Iterator[Peers]:
+    """Two throw-away members, shared by a module's tests."""
+    with throwaway_peers() as made:
+        yield made
 
 
 def _member(name: str) -> Member:
@@ -129,7 +142,12 @@ def on_tty(
     prefix = _setpriv(member) if member else []
     process = subprocess.Popen(
         [*prefix, sys.executable, "-m", "agentctl", *args],
-        env={**d.env, "HOME": "/tmp", "TERM": "xterm", "NO_COLOR": "1"},  # our own colours are ESC too
+        env={
+            **d.env,
+            "HOME": "/tmp",
+            "TERM": "xterm",
+            "NO_COLOR": "1",
+        },  # our own colours are ESC too
         stdin=subprocess.DEVNULL,
         stdout=slave,
         stderr=subprocess.DEVNULL,

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,24 +18,17 @@ import pytest
 from agentd.protocol import DEFAULT_MAX_FRAME, HEADER, decode_body, encode_frame, make_request
 from agentd.store import messages
 from agentd.store.database import Connection
+from tests import peers as lab
 from tests.conftest import DaemonProcess
-from tests.peers import Peers, as_member, start_group_daemon, throwaway_peers, with_store
+from tests.peers import peers_fixture  # noqa: F401 (the `peers` fixture)
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to create users and run clients under their uids"
-)
+pytestmark = lab.needs_root
 
 # Two answers of ~10 MB: together past what any frame may hold, as in the report
 # (`frame of 20000693 bytes exceeds the limit`). The second one is multi-byte
 # text, so pieces must be cut between characters, not inside one.
 BIG_ASCII = "".join(f"line {n:07d} of a very long answer\n" for n in range(300_000))
 BIG_UTF8 = "é✓😀 " * 900_000
-
-
-@pytest.fixture(scope="module")
-def peers() -> Iterator[Peers]:
-    with throwaway_peers() as made:
-        yield made
 
 
 def store_answers(conn: Connection, session_id: str, answers: list[str]) -> None:
@@ -50,15 +42,15 @@ def store_answers(conn: Connection, session_id: str, answers: list[str]) -> None
 
 @pytest.fixture
 def big_history(
-    make_daemon: Callable[..., DaemonProcess], peers: Peers
+    make_daemon: Callable[..., DaemonProcess], peers: lab.Peers
 ) -> tuple[DaemonProcess, str]:
     """A daemon whose member bob has a session holding two 10 MB answers."""
-    d = start_group_daemon(make_daemon(), peers)
-    created = as_member(d, peers.bob, "sessions", "new", "big", "--json")
+    d = lab.start_group_daemon(make_daemon(), peers)
+    created = lab.as_member(d, peers.bob, "sessions", "new", "big", "--json")
     session_id: str = json.loads(created.stdout)["session"]["id"]
     d.signal(15)
     assert d.wait_exit() == 0
-    with_store(d.state_dir, store_answers, session_id, [BIG_ASCII, BIG_UTF8])
+    lab.with_store(d.state_dir, store_answers, session_id, [BIG_ASCII, BIG_UTF8])
     d.start()
     return d, session_id
 
@@ -68,10 +60,10 @@ def digest(text: str) -> str:
 
 
 def test_history_of_huge_answers_reaches_agentctl_whole(
-    big_history: tuple[DaemonProcess, str], peers: Peers
+    big_history: tuple[DaemonProcess, str], peers: lab.Peers
 ) -> None:
     d, session_id = big_history
-    result = as_member(d, peers.bob, "history", "big", "--json")
+    result = lab.as_member(d, peers.bob, "history", "big", "--json")
     assert result.returncode == 0, result.stderr[-500:]
     history = json.loads(result.stdout)
     assert history["session"]["id"] == session_id
@@ -80,7 +72,7 @@ def test_history_of_huge_answers_reaches_agentctl_whole(
     assert [digest(c) for c in contents[1::2]] == [digest(BIG_ASCII), digest(BIG_UTF8)]
     assert all("more" not in m for m in history["messages"])
 
-    plain = as_member(d, peers.bob, "history", "big")
+    plain = lab.as_member(d, peers.bob, "history", "big")
     assert plain.returncode == 0
     assert BIG_ASCII.encode() in plain.stdout and BIG_UTF8.encode() in plain.stdout
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +21,17 @@ from agentd.store.database import Connection
 from agentd.store.migrations import MIGRATIONS
 from tests.conftest import DaemonProcess, clean_environ, gemini_env
 from tests.fake_gemini import FakeGemini, echo
-from tests.peers import Member, Peers, as_member, start_group_daemon, throwaway_peers, with_store
-
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to create users and run clients under their uids"
+from tests.peers import (
+    Member,
+    Peers,
+    as_member,
+    needs_root,
+    peers_fixture,  # noqa: F401 (the `peers` fixture)
+    start_group_daemon,
+    with_store,
 )
 
-
-@pytest.fixture(scope="module")
-def peers() -> Iterator[Peers]:
-    with throwaway_peers() as made:
-        yield made
+pytestmark = needs_root
 
 
 @pytest.fixture
@@ -228,9 +228,9 @@ def _legacy_store(state_dir: Path) -> None:
         conn.execute(
             "CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
         )
-        for name, step in MIGRATIONS[:3]:
+        for migration, step in MIGRATIONS[:3]:
             step(conn)
-            conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (name,))
+            conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (migration,))
         for sid, name in (("s-00000000000000a1", "old-one"), ("s-00000000000000a2", None)):
             conn.execute(
                 "INSERT INTO sessions (id, name, created_at, last_used_at, turns) "

@@ -10,8 +10,7 @@ Session names with such characters are refused when created.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,28 +21,21 @@ from tests.fake_gemini import FakeGemini, answer
 from tests.peers import (
     Peers,
     as_member,
+    needs_root,
     on_tty,
+    peers_fixture,  # noqa: F401 (the `peers` fixture)
     raw_call_as,
     start_group_daemon,
-    throwaway_peers,
     with_store,
 )
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0, reason="needs root to create users and run clients under their uids"
-)
+pytestmark = needs_root
 
 # What must never reach a terminal raw: ESC (CSI, OSC), BEL (ends an OSC), the C1
 # CSI (U+009B), NUL, and the bidi override/isolate characters, as UTF-8.
 RAW = [b"\x1b", b"\x07", b"\xc2\x9b", b"\x00", "\u202e".encode(), "\u2066".encode()]
 
 HOSTILE = "ok\x1b]0;owned\x07\x1b]52;c;cHduZWQ=\x07\x1b[1A\x1b[2K\x9b31m\u202eevil\u2066\x00end"
-
-
-@pytest.fixture(scope="module")
-def peers() -> Iterator[Peers]:
-    with throwaway_peers() as made:
-        yield made
 
 
 @pytest.fixture
