@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from agentd.secrets import Secret
-from agentd.store.database import Database
+from agentd.store.database import Connection, Database
 from tests.conftest import DaemonProcess
 from tests.test_access import open_path_to_others
 
@@ -189,3 +189,16 @@ def with_store(state_dir: Path, fn: Callable[..., T], *args: Any) -> T:
             await db.close()
 
     return asyncio.run(scenario())
+
+
+def insert_session(conn: Connection, session_id: str, name: str | None, owner_uid: int) -> None:
+    """A session row as an older agentd may have left it (names were not checked);
+    owner_uid goes in only where the schema has it."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+    owner = {"owner_uid": owner_uid} if "owner_uid" in columns else {}
+    fields = {"id": session_id, "name": name, "created_at": 1.0, "last_used_at": 1.0, "turns": 0}
+    fields |= owner
+    conn.execute(
+        f"INSERT INTO sessions ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
+        tuple(fields.values()),
+    )

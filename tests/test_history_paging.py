@@ -118,3 +118,25 @@ def test_history_without_streaming_still_fits_one_frame(
     assert newest["truncated"] is True
     assert BIG_UTF8.startswith(newest["content"])
     assert result["omitted"] == 3
+
+
+def many_long_names(conn: Connection, owner_uid: int) -> None:
+    for number in range(3000):  # 100 four-byte characters each: ~1.5 MB of names alone
+        lab.insert_session(conn, f"s-{number:016x}", f"{number:04d}" + "😀" * 96, owner_uid)
+
+
+def test_a_long_session_listing_fits_one_frame(
+    make_daemon: Callable[..., DaemonProcess], peers: lab.Peers
+) -> None:
+    d = lab.start_group_daemon(make_daemon(), peers)
+    d.signal(15)
+    assert d.wait_exit() == 0
+    lab.with_store(d.state_dir, many_long_names, peers.bob.uid)
+    d.start()
+    (reply,) = frames_of(d, "sessions", {"limit": 10_000, "all": True})
+    result = reply["result"]
+    assert 0 < len(result["sessions"]) < 3000
+    assert result["omitted"] == 3001 - len(result["sessions"])  # and root's own session
+    listed = lab.as_member(d, peers.bob, "sessions", "-n", "10000", "--json")
+    assert listed.returncode == 0
+    assert len(json.loads(listed.stdout)["sessions"]) == len(result["sessions"])

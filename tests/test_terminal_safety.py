@@ -21,6 +21,7 @@ from tests.fake_gemini import FakeGemini, answer
 from tests.peers import (
     Peers,
     as_member,
+    insert_session,
     needs_root,
     on_tty,
     peers_fixture,  # noqa: F401 (the `peers` fixture)
@@ -90,21 +91,7 @@ def test_agentctl_refuses_a_hostile_name_with_exit_2_and_keeps_a_printable_one(
 
 
 def hostile_session(conn: Connection) -> None:
-    """A session named before names were checked (the row as an older agentd left it)."""
-    columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
-    owner = {"owner_uid": 0} if "owner_uid" in columns else {}
-    fields = {
-        "id": "s-00000000000000e1",
-        "name": HOSTILE,
-        "created_at": 1.0,
-        "last_used_at": 1.0,
-        "turns": 0,
-        **owner,
-    }
-    conn.execute(
-        f"INSERT INTO sessions ({', '.join(fields)}) VALUES ({', '.join('?' * len(fields))})",
-        tuple(fields.values()),
-    )
+    insert_session(conn, "s-00000000000000e1", HOSTILE, owner_uid=0)
 
 
 def test_sessions_shows_a_stored_hostile_name_escaped_on_a_terminal(d: DaemonProcess) -> None:

@@ -1,4 +1,4 @@
-"""chat, sessions, session_*, history: the conversation commands.
+"""chat, sessions, session_*: the conversation commands (history is in history.py).
 
 Every session lookup goes through `_find`, which asks the store for the
 peer's own sessions (admins: any by id), so another user's session is
@@ -8,7 +8,6 @@ NOT_FOUND whatever the command. Each uid has its own current session.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from typing import Any, Final
 
 from agentd.access import Role, resolve_uid
@@ -18,13 +17,12 @@ from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, Forbidden, NotFound
 from agentd.ownership import ALL_USERS, note_owner, owner_for
 from agentd.runtime import Runtime
-from agentd.store import messages, sessions
-from agentd.store.messages import StoredTurn
+from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
 
 MAX_LIST: Final = 10_000
-MIN_PIECE_BYTES: Final = 4096
+LISTED_BYTES: Final = 300  # a listed session but its name, packed, with room to spare
 
 
 @command(
@@ -114,7 +112,7 @@ async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
     return session
 
 
-async def _find_or_current(runtime: Runtime, call: Call) -> Session:
+async def find_or_current(runtime: Runtime, call: Call) -> Session:
     ref = optional_or_none(call.args, "session", str) or runtime.current.get(call.peer.uid)
     if ref is None:
         raise NotFound("you have no current session yet; `agentctl chat` starts one")
@@ -123,15 +121,20 @@ async def _find_or_current(runtime: Runtime, call: Call) -> Session:
 
 @command("sessions", role=Role.CHAT, args=("limit", "all", "user"))
 async def list_sessions(runtime: Runtime, call: Call) -> dict[str, Any]:
-    """The peer's own sessions; admins may ask for everyone's (all) or one user's (user)."""
+    """The peer's own sessions; admins may ask for everyone's (all) or one user's (user).
+    As many as fit in half a frame; `omitted` counts the older ones left out."""
     limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
     owner_uid = _listed_owner(runtime, call)
     found = await runtime.db.run(sessions.list_owned, owner_uid, limit)
     current = runtime.current.get(call.peer.uid)
-    return {
-        "current": current,
-        "sessions": [_listed(s, current) for s in found],
-    }
+    budget, used = runtime.config.daemon.max_frame_bytes // 2, 0
+    listed: list[dict[str, Any]] = []
+    for session in found:  # newest first: those left out are the least recently used
+        used += LISTED_BYTES + len((session.name or "").encode("utf-8"))
+        if used > budget:
+            break
+        listed.append(_listed(session, current))
+    return {"current": current, "sessions": listed, "omitted": len(found) - len(listed)}
 
 
 def _listed(session: Session, current: str | None) -> dict[str, Any]:
@@ -217,72 +220,3 @@ async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
         replacement = await runtime.db.run(sessions.create, call.peer.uid, None, None)
         await runtime.current.set(call.peer.uid, replacement.id)
     return {"deleted": session.id, "current": runtime.current.get(call.peer.uid)}
-
-
-@command("history", role=Role.CHAT, args=("session", "limit", "stream"))
-async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
-    """A session's latest messages, oldest first.
-
-    No frame may exceed the frame limit, whatever a session holds. With
-    `stream`, each message goes in `message` events, a long one split over
-    several (each piece marked `more` until its last); the reply only counts
-    them. Without it, the reply holds what fits in half a frame: the oldest
-    messages are left out first (`omitted`), and a message too large alone is
-    cut (`truncated`).
-    """
-    session = await _find_or_current(runtime, call)
-    session_id_var.set(session.id)
-    limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
-    ids = await runtime.db.run(messages.history_ids, session.id, limit)
-    budget = max(MIN_PIECE_BYTES, runtime.config.daemon.max_frame_bytes // 2)
-    if optional(call.args, "stream", bool, False):
-        sent = 0
-        for message_id in ids:
-            turn = await runtime.db.run(messages.turn, message_id)
-            if turn is not None:  # deleted meanwhile
-                for piece in _pieces(turn, budget):
-                    await call.emit("message", {"message": piece})
-                sent += 1
-        return {"session": session.as_dict(), "count": sent}
-    page, omitted = await _page(runtime, ids, budget)
-    return {"session": session.as_dict(), "messages": page, "omitted": omitted}
-
-
-async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dict[str, Any]], int]:
-    """The newest messages whose content fits `budget` bytes together, oldest first."""
-    page: list[dict[str, Any]] = []
-    used = 0
-    for position, message_id in enumerate(reversed(ids)):
-        turn = await runtime.db.run(messages.turn, message_id)
-        if turn is None:
-            continue
-        size = len(turn.content.encode("utf-8"))
-        if used + size > budget and page:
-            return page[::-1], len(ids) - position
-        if size > budget:
-            first = next(_split_utf8(turn.content, budget))
-            page.append({**turn.as_dict(), "content": first, "truncated": True})
-        else:
-            page.append(turn.as_dict())
-        used += size
-    return page[::-1], 0
-
-
-def _pieces(turn: StoredTurn, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The message as one or more event payloads of at most `max_bytes` of text each."""
-    meta = turn.as_dict()
-    parts = list(_split_utf8(turn.content, max_bytes)) or [""]
-    for index, text in enumerate(parts):
-        yield {**meta, "content": text, "more": index < len(parts) - 1}
-
-
-def _split_utf8(text: str, max_bytes: int) -> Iterator[str]:
-    """`text` in pieces of at most `max_bytes` UTF-8 bytes, cut between characters."""
-    data = text.encode("utf-8")
-    start = 0
-    while start < len(data):
-        end = min(start + max_bytes, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: back off
-            end -= 1
-        yield data[start:end].decode("utf-8")
-        start = end
