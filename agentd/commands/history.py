@@ -15,6 +15,7 @@ from agentd.store.messages import StoredTurn
 from agentd.telemetry.logs import session_id_var
 
 MIN_PIECE_BYTES: Final = 4096
+MESSAGE_BYTES: Final = 300  # a message but its text, packed, with room to spare
 
 
 @command("history", role=Role.CHAT, args=("session", "limit", "stream"))
@@ -47,18 +48,18 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
 
 
 async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dict[str, Any]], int]:
-    """The newest messages whose content fits `budget` bytes together, oldest first."""
+    """The newest messages that fit `budget` bytes together, oldest first."""
     page: list[dict[str, Any]] = []
     used = 0
     for position, message_id in enumerate(reversed(ids)):
         turn = await runtime.db.run(messages.turn, message_id)
         if turn is None:
             continue
-        size = len(turn.content.encode("utf-8"))
+        size = MESSAGE_BYTES + len(turn.content.encode("utf-8"))
         if used + size > budget and page:
             return page[::-1], len(ids) - position
         if size > budget:
-            first = next(_split_utf8(turn.content, budget))
+            first = next(_split_utf8(turn.content, budget - MESSAGE_BYTES))
             page.append({**turn.as_dict(), "content": first, "truncated": True})
         else:
             page.append(turn.as_dict())

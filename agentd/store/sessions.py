@@ -136,7 +136,7 @@ def restore_current(conn: Connection, daemon_uid: int) -> dict[int, str]:
     if isinstance(legacy, str):
         current[daemon_uid] = legacy
     rows = conn.execute(
-        "SELECT key, value FROM state WHERE key LIKE ?", (CURRENT_PREFIX + "%",)
+        "SELECT key, value FROM state WHERE key GLOB ?", (CURRENT_PREFIX + "*",)
     ).fetchall()
     for key, value in rows:
         suffix, session_id = key.removeprefix(CURRENT_PREFIX), json.loads(value)
