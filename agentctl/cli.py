@@ -24,6 +24,7 @@ from agentctl.output import (
     print_json,
     print_pairs,
     state_colour,
+    visible,
 )
 from agentd.protocol import client_socket_path
 
@@ -80,7 +81,7 @@ def fail(message: str, status: int, error: DaemonError | None = None) -> NoRetur
             else {"message": message}
         )
         print_json({"ok": False, "exit_status": status, "error": payload})
-    click.echo(f"agentctl: {message}", err=True)
+    click.echo(f"agentctl: {visible(message)}", err=True)  # it may quote what others wrote
     sys.exit(status)
 
 

@@ -16,7 +16,8 @@ import click
 
 from agentctl import exits
 from agentctl.cli import fail, json_option, options
-from agentctl.output import print_json, print_table, style
+from agentctl.client import Client
+from agentctl.output import for_terminal, print_json, print_table, style, visible
 
 CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 
@@ -67,7 +68,7 @@ def chat(
         if event.get("event") == "chunk":
             text = str(event.get("text", ""))
             streamed.append(text)
-            sys.stdout.write(text)
+            sys.stdout.write(for_terminal(text))
             sys.stdout.flush()
 
     with opts.client(timeout=CHAT_TIMEOUT_S) as client:
@@ -98,12 +99,12 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
         return
     text = "".join(streamed) if streamed else str(result.get("answer", ""))
     if not streamed:
-        sys.stdout.write(text)
+        sys.stdout.write(for_terminal(text))
     if not text.endswith("\n"):
         sys.stdout.write("\n")
     sys.stdout.flush()
     if result.get("notice"):
-        click.echo(f"agentctl: note: {result['notice']}", err=True)
+        click.echo(f"agentctl: note: {visible(str(result['notice']))}", err=True)
     if result.get("degraded"):
         click.echo(
             style("agentctl: degraded answer: not from the model (exit 5)", fg="yellow"), err=True
@@ -112,27 +113,36 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
 
 @click.group(invoke_without_command=True)
 @click.option("-n", "--limit", default=100, show_default=True, help="Most recent sessions to list.")
+@click.option("--all", "everyone", is_flag=True, help="Every user's sessions (admin).")
+@click.option("--user", metavar="UID|NAME", help="This user's sessions (admin, unless your own).")
 @json_option
 @click.pass_context
-def sessions(ctx: click.Context, limit: int) -> None:
-    """List sessions (id, name, turns, last used); subcommands create, switch and delete."""
+def sessions(ctx: click.Context, limit: int, everyone: bool, user: str | None) -> None:
+    """List your sessions (id, name, turns, last used); subcommands create, switch and delete."""
     if ctx.invoked_subcommand is not None:
         return
     opts = options()
-    result = opts.client().call("sessions", {"limit": limit})
+    args: dict[str, Any] = {"limit": limit}
+    if everyone:
+        args["all"] = True
+    if user is not None:
+        args["user"] = user
+    result = opts.client().call("sessions", args)
     if opts.json:
         print_json(result)
         return
+    owners = everyone or user is not None
     rows = [
         [
             ("* " if s["current"] else "  ") + s["id"],
+            *([str(s["owner_uid"])] if owners else []),
             s["name"] or "",
             str(s["turns"]),
             _when(s["last_used_at"]),
         ]
         for s in result["sessions"]
     ]
-    print_table(["  ID", "NAME", "TURNS", "LAST USED"], rows)
+    print_table(["  ID", *(["OWNER"] if owners else []), "NAME", "TURNS", "LAST USED"], rows)
 
 
 @sessions.command("new")
@@ -155,11 +165,34 @@ def sessions_use(session_ref: str) -> None:
     )
 
 
+@sessions.command("rename")
+@click.argument("session_ref", metavar="NAME|ID")
+@click.argument("name", required=False)
+@json_option
+def sessions_rename(session_ref: str, name: str | None) -> None:
+    """Rename one of your sessions (no NAME: remove its name)."""
+    args = {"session": session_ref, "name": name}
+    _show_session(options().client().call("session_rename", args), "renamed")
+
+
+@sessions.command("prompt")
+@click.argument("session_ref", metavar="NAME|ID")
+@click.argument("text", required=False)
+@click.option("--clear", is_flag=True, help="Remove the session's own system prompt.")
+@json_option
+def sessions_prompt(session_ref: str, text: str | None, clear: bool) -> None:
+    """Set the system prompt of one of your sessions (or --clear it)."""
+    if (text is None) != clear:
+        fail("give the prompt TEXT or --clear, not both or neither", exits.USAGE)
+    args = {"session": session_ref, "system_prompt": text}
+    _show_session(options().client().call("session_prompt", args), "system prompt set")
+
+
 @sessions.command("delete")
 @click.argument("session_ref", metavar="NAME|ID")
 @json_option
 def sessions_delete(session_ref: str) -> None:
-    """Delete a session and its messages (admin)."""
+    """Delete one of your sessions and its messages (admins: anyone's, by id)."""
     opts = options()
     result = opts.client().call("session_delete", {"session": session_ref})
     if opts.json:
@@ -174,7 +207,7 @@ def _show_session(result: dict[str, Any], label: str) -> None:
         print_json(result)
         return
     s = result["session"]
-    click.echo(f"{label}: {s['id']}" + (f" ({s['name']})" if s.get("name") else ""))
+    click.echo(f"{label}: {s['id']}" + (f" ({visible(s['name'])})" if s.get("name") else ""))
 
 
 @click.command()
@@ -182,34 +215,53 @@ def _show_session(result: dict[str, Any], label: str) -> None:
 @click.option("-n", "--limit", default=100, show_default=True, help="Most recent messages to show.")
 @json_option
 def history(session_ref: str | None, limit: int) -> None:
-    """Show a session's messages (the current session by default)."""
+    """Show a session's messages (your current session by default)."""
     opts = options()
-    args: dict[str, Any] = {"limit": limit}
+    args: dict[str, Any] = {"limit": limit, "stream": True}
     if session_ref:
         args["session"] = session_ref
-    result = opts.client().call("history", args)
+    with opts.client() as client:
+        session, messages = read_history(client, args)
     if opts.json:
-        print_json(result)
+        print_json({"session": session, "messages": messages})
         return
-    s = result["session"]
     click.echo(
         style(
-            f"session {s['id']}"
-            + (f" ({s['name']})" if s.get("name") else "")
-            + f", {s['turns']} turns",
+            f"session {session['id']}"
+            + (f" ({visible(session['name'])})" if session.get("name") else "")
+            + f", {session['turns']} turns",
             bold=True,
         )
     )
-    for m in result["messages"]:
+    for m in messages:
         status = "" if m["status"] in ("answered", "complete") else f" [{m['status']}]"
-        who = "you" if m["role"] == "user" else (m.get("model") or "model")
+        who = "you" if m["role"] == "user" else visible(m.get("model") or "model")
         click.echo(
             style(
                 f"\n{who} · {_when(m['created_at'])}{status}",
                 fg="cyan" if m["role"] == "user" else "green",
             )
         )
-        click.echo(m["content"])
+        click.echo(for_terminal(m["content"]))
+
+
+def read_history(client: Client, args: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+    """Every message of a streamed `history`, a long one joined from its pieces."""
+    messages: list[dict[str, Any]] = []
+    pieces: list[str] = []
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event.get("event") != "message":
+            return
+        piece = event["message"]
+        pieces.append(piece["content"])
+        if not piece.get("more"):
+            messages.append({**piece, "content": "".join(pieces)})
+            messages[-1].pop("more", None)
+            pieces.clear()
+
+    result = client.call("history", args, on_event=on_event)
+    return result["session"], messages
 
 
 def _when(epoch: float) -> str:

@@ -33,6 +33,7 @@ from agentctl.output import (
     print_table,
     state_colour,
     style,
+    visible,
 )
 from agentctl.since import parse_since
 
@@ -207,15 +208,16 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(record, sort_keys=True))
         return
-    level = str(record.get("level", ""))
+    # Records quote what peers sent (command names, paths): escaped, one line each.
+    level = visible(str(record.get("level", "")))
     colour = _LEVEL_COLOURS.get(level)
     parts = [
-        str(record.get("time", "")),
+        visible(str(record.get("time", ""))),
         style(level.ljust(8), fg=colour) if colour else level.ljust(8),
-        f"{record.get('logger', '')}: {record.get('message', '')}",
+        visible(f"{record.get('logger', '')}: {record.get('message', '')}"),
     ]
     if record.get("request_id"):
-        parts.append(f"[{record['request_id']}]")
+        parts.append(f"[{visible(str(record['request_id']))}]")
     click.echo(" ".join(parts))
 
 
@@ -270,6 +272,7 @@ def audit(
             "outcome",
             "latency",
             "session",
+            "owner",
             "model",
             "tokens",
             "request",
@@ -290,10 +293,18 @@ def _audit_row(r: dict[str, Any]) -> list[str]:
         outcome,
         f"{r['latency_ms']} ms",
         r["session_id"] or "",
+        _owner(r.get("owner_uid")),
         r["model"] or "",
         tokens,
         r["request_id"],
     ]
+
+
+def _owner(owner_uid: int | None) -> str:
+    """Whose data an admin's request touched (blank: the peer's own)."""
+    if owner_uid is None:
+        return ""
+    return "all" if owner_uid == -1 else str(owner_uid)
 
 
 @audit.command()

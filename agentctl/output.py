@@ -1,14 +1,52 @@
-"""Output for people and for scripts: colour only on a TTY without NO_COLOR; JSON on request."""
+"""Output for people and for scripts: colour only on a TTY without NO_COLOR; JSON on request.
+
+Text from others (session names, audit fields, log records, model answers) is
+data, never terminal commands: `visible` shows control characters escaped,
+as `ls -b` and journalctl do, so an escape sequence (cursor moves, erase-line,
+OSC window titles and clipboard writes), a C1 control, a bidi override or a
+NUL cannot act on the operator's terminal. Table cells and log records are
+always escaped (they are for people; scripts use --json); message bodies are
+escaped on a terminal only, and keep their newlines and tabs.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Final
 
 import click
+
+# C0 controls (ESC, CR, BS, NUL...), DEL and C1 controls; the Arabic letter mark,
+# left-to-right and right-to-left marks, embeddings, overrides and isolates;
+# the line and paragraph separators.
+_UNSAFE = "\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+_UNSAFE_IN_LINE: Final = re.compile(f"[{_UNSAFE}]")
+_UNSAFE_IN_BODY: Final = re.compile(f"(?![\t\n])[{_UNSAFE}]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """One line of untrusted text, every control and bidi character shown escaped."""
+    return _UNSAFE_IN_LINE.sub(_escaped, text)
+
+
+def visible_body(text: str) -> str:
+    """Untrusted multi-line text (a message): escaped like `visible`, but \\n and \\t stay."""
+    return _UNSAFE_IN_BODY.sub(_escaped, text)
+
+
+def for_terminal(text: str, stream: Any = None) -> str:
+    """A message body as it may be written to `stream` (stdout): escaped on a terminal,
+    byte-exact in a pipe or a file, where scripts read it."""
+    return visible_body(text) if (stream or sys.stdout).isatty() else text
 
 
 def use_colour(stream: Any = None) -> bool:
@@ -43,7 +81,7 @@ def print_pairs(pairs: Iterable[tuple[str, Any]], indent: int = 2) -> None:
         click.echo(f"{' ' * indent}{key.ljust(width)}  {value}")
 
 
-def print_table(headers: list[str], rows: list[list[str]]) -> None:
+def _print_aligned(headers: list[str], rows: list[list[str]]) -> None:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
     ]
@@ -54,6 +92,11 @@ def print_table(headers: list[str], rows: list[list[str]]) -> None:
     )
     for row in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    """A table; its cells are data from others, shown escaped (see `visible`)."""
+    _print_aligned(headers, [[visible(cell) for cell in row] for row in rows])
 
 
 def human_duration(seconds: float) -> str:

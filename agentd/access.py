@@ -2,8 +2,8 @@
 
 Roles nest: admin ⊃ chat ⊃ read.
     read   status, health, metrics, logs, ping
-    chat   chat, sessions, history
-    admin  stop, audit, deleting data
+    chat   chat, sessions, history: of the peer's own sessions only (ownership.py)
+    admin  stop, audit, other users' sessions
 
 Defaults: root and the daemon's own user are admin; members of the socket's
 group (daemon.socket_group) may chat. Anyone else is refused with FORBIDDEN.

@@ -15,6 +15,8 @@ An audit row::
     model       str | None
     tokens_in   int
     tokens_out  int
+    owner_uid   int | None  whose data a request touched, when not the peer's own
+                            (an admin reading another user's session; -1: every user's)
     prev_hash   str      64 hex digits: the previous row's hash (GENESIS_HASH for seq 1)
     hash        str      64 hex digits: compute_hash(prev_hash, content fields)
 
@@ -24,7 +26,9 @@ rebuild exactly the bytes we hashed. Strings and integers have one JSON form.
 
 Canonical serialisation (version 1): the content fields (every field above but
 ``prev_hash`` and ``hash``) as one JSON object, keys sorted, separators ``,``
-and ``:``, ASCII only (``\\uXXXX`` escapes), no NaN. The hash is::
+and ``:``, ASCII only (``\\uXXXX`` escapes), no NaN. ``owner_uid`` is left out
+of the object when null, so rows from before it existed keep their hashes;
+when present it is covered like any other field. The hash is::
 
     SHA-256( b"agentd-audit-v1\\n" + prev_hash (ASCII) + b"\\n" + canonical JSON )
 
@@ -101,7 +105,9 @@ CONTENT_FIELDS: Final[Mapping[str, tuple[type | None, ...]]] = {
     "model": (str, None),
     "tokens_in": (int,),
     "tokens_out": (int,),
+    "owner_uid": (int, None),
 }
+OPTIONAL_FIELDS: Final = frozenset({"owner_uid"})  # left out of the hash when null
 OUTCOMES: Final = frozenset({"ok", "error"})
 
 _HASH_RE = re.compile(r"[0-9a-f]{64}\Z")
@@ -116,6 +122,9 @@ _PREIMAGE: Final = (
     + '"peer_pid":%d,"peer_uid":%d,"request_id":%s,"seq":%d,"session_id":%s,'
     + '"tokens_in":%d,"tokens_out":%d,"ts":%s}'
 )
+# owner_uid, when set, goes between outcome and peer_pid in key order.
+_PEER_PID_KEY: Final = ',"peer_pid":'
+_OWNER_KEY: Final = ',"owner_uid":%d,"peer_pid":'
 
 
 class MalformedRow(ValueError):
@@ -152,6 +161,7 @@ class Content(NamedTuple):
     model: str | None
     tokens_in: int
     tokens_out: int
+    owner_uid: int | None = None
 
 
 class Breakage(StrEnum):
@@ -222,7 +232,11 @@ def canonical_bytes(fields: Mapping[str, Any]) -> bytes:
     Extra keys (``prev_hash``, ``hash``, store columns) are ignored, so a whole
     row can be passed. Raises MalformedRow for a missing or ill-typed field.
     """
-    content = {name: _checked(fields, name, types) for name, types in CONTENT_FIELDS.items()}
+    content = {
+        name: _checked(fields, name, types)
+        for name, types in CONTENT_FIELDS.items()
+        if name not in OPTIONAL_FIELDS or fields.get(name) is not None
+    }
     _check_forms(content)
     text = json.dumps(
         content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
@@ -306,6 +320,9 @@ def hash_input(prev_hash: str, seq: int, content: Content) -> bytes:
         content.tokens_out,
         escape(content.ts),
     )
+    if content.owner_uid is not None:
+        # The key's first occurrence: inside an escaped string a quote is always \".
+        preimage = preimage.replace(_PEER_PID_KEY, _OWNER_KEY % content.owner_uid, 1)
     return preimage.encode("ascii")
 
 

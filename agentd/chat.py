@@ -14,15 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from agentd.config import ChatSettings
 from agentd.errors import BadRequest
 from agentd.lifecycle import Lifecycle
 from agentd.limits import AdmissionQueue
 from agentd.providers import Answer, GenerationRequest, OnChunk, ProviderSettings, Turn, fit_history
+from agentd.providers.context import estimate_tokens
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import CHAT, RequestLimiter
 from agentd.store import messages
@@ -72,6 +74,47 @@ def validate_prompt(prompt: str, max_bytes: int) -> str:
     if size > max_bytes:
         raise BadRequest(
             f"the prompt is {size} bytes; the limit is {max_bytes} (chat.max_prompt_bytes)"
+        )
+    return prompt
+
+
+MAX_SESSION_NAME: Final = 100
+_SESSION_ID = re.compile(r"s-[0-9a-f]{16}\Z")
+
+
+def validate_session_name(name: str) -> str:
+    """A name a terminal shows as it is: 1 to MAX_SESSION_NAME printable characters.
+
+    str.isprintable() refuses control characters (C0, C1, escape sequences),
+    Unicode format characters (bidi overrides and isolates, zero-width ones)
+    and separators other than the ASCII space.
+    """
+    if not 1 <= len(name) <= MAX_SESSION_NAME or not name.strip():
+        raise BadRequest(f"a session name is 1 to {MAX_SESSION_NAME} characters")
+    if not name.isprintable():
+        raise BadRequest(
+            "a session name may not hold control, formatting or bidi characters "
+            "(escape sequences, U+202A-U+202E, U+2066-U+2069, ...)"
+        )
+    if _SESSION_ID.match(name):
+        raise BadRequest("a session name may not look like a session id")
+    return name
+
+
+def validate_system_prompt(prompt: str, max_bytes: int, token_budget: int) -> str:
+    """A session's system prompt goes with every request: bounded in bytes, and it
+    must leave room in the context token budget."""
+    size = len(prompt.encode("utf-8"))
+    if size > max_bytes:
+        raise BadRequest(
+            f"the system prompt is {size} bytes; the limit is {max_bytes} "
+            "(chat.max_system_prompt_bytes)"
+        )
+    tokens = estimate_tokens(prompt)
+    if tokens >= token_budget:
+        raise BadRequest(
+            f"the system prompt is about {tokens} tokens, the whole context budget "
+            f"(gemini.context_token_budget = {token_budget})"
         )
     return prompt
 

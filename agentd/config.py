@@ -75,6 +75,7 @@ class ChatSettings:
     max_concurrent: int = 8  # chats at the provider at once
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
     history_max_turns: int = 50  # exchanges read from the store before the token budget applies
+    max_system_prompt_bytes: int = 16 * 1024  # UTF-8 bytes of a session's own system prompt
 
 
 @dataclass(frozen=True)
@@ -342,6 +343,7 @@ def _validate(config: Config) -> None:
         "chat.max_prompt_bytes": config.chat.max_prompt_bytes,
         "chat.max_concurrent": config.chat.max_concurrent,
         "chat.history_max_turns": config.chat.history_max_turns,
+        "chat.max_system_prompt_bytes": config.chat.max_system_prompt_bytes,
     }
     for key, value in positive.items():
         if value <= 0:

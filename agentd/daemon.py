@@ -25,6 +25,7 @@ from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
 from agentd.lifecycle import Lifecycle, State
+from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
 from agentd.providers import BreakerState, create_provider
 from agentd.providers.resilience import ResilientProvider
@@ -139,12 +140,10 @@ class Daemon:
         self.lifecycle.transition(State.READY, "listening")
         self._notifier.ready(f"{State.READY}: listening on {self.paths.socket}")
         logger.info(
-            "agentd %s ready on %s (pid %d, session %s)",
+            "agentd %s ready on %s (pid %d)",
             runtime.version,
             self.paths.socket,
             os.getpid(),
-            runtime.session_id,
-            extra={"session_id": runtime.session_id},
         )
         self._start_background_tasks()
         if self._detached:
@@ -166,7 +165,7 @@ class Daemon:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
         await self._db.run(settle_anchor, self._anchor, self._accept_rollback)  # or exit 78
-        agent_id, session_id, interrupted = await self._db.run(_restore, self.config.profile)
+        agent_id, current, interrupted = await self._db.run(_restore, self.config.profile)
         logger.info(
             "store open: %s (%d migrations applied now, key from %s)",
             self.paths.database,
@@ -204,7 +203,7 @@ class Daemon:
             provider=provider,
             chat=chat,
             agent_id=agent_id,
-            session_id=session_id,
+            current=CurrentSessions(self._db, current),
             request_stop=self.request_stop,
             metrics=metrics,
             alerts=AlertBoard(),
@@ -419,15 +418,13 @@ class Daemon:
                 self.paths.socket.unlink()
 
 
-def _restore(conn: Any, profile: str) -> tuple[str, str, int]:
-    """The agent id and current session of the previous run, or new ones; chats the
-    previous run left pending (a crash) are marked interrupted."""
+def _restore(conn: Any, profile: str) -> tuple[str, dict[int, str], int]:
+    """The agent id and each uid's current session of the previous run, or new ones;
+    chats the previous run left pending (a crash) are marked interrupted."""
     agent_id = state.get_value(conn, "agent_id") or "a-" + uuid.uuid4().hex[:16]
-    session_id = state.get_value(conn, "current_session")
-    if not session_id or sessions.find(conn, session_id) is None:
-        session_id = sessions.create(conn, name=None).id
-    state.put_values(conn, {"agent_id": agent_id, "current_session": session_id})
-    return agent_id, session_id, messages.interrupt_pending(conn)
+    state.put_values(conn, {"agent_id": agent_id})
+    current = sessions.restore_current(conn, os.getuid())
+    return agent_id, current, messages.interrupt_pending(conn)
 
 
 def _raise_fd_limit() -> None:

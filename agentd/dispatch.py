@@ -26,6 +26,7 @@ from agentd.errors import (
     UnknownCommand,
 )
 from agentd.lifecycle import SERVING, State
+from agentd.ownership import owner_uid_var
 from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
 from agentd.ratelimit import CHAT, CHEAP
 from agentd.refusals import REFUSALS, RefusalAudit
@@ -237,6 +238,7 @@ class Dispatcher:
             session_id=session_id_var.get(),
             error_code=finished.code,
             latency_s=time.monotonic() - finished.started,
+            owner_uid=owner_uid_var.get(),
         )
         if spec is None or spec.cost != CHAT:
             return event

@@ -15,6 +15,7 @@ from agentd.access import AccessPolicy
 from agentd.chat import ChatPipeline
 from agentd.config import Config
 from agentd.lifecycle import Lifecycle
+from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
@@ -39,7 +40,7 @@ class Runtime:
     provider: ResilientProvider
     chat: ChatPipeline
     agent_id: str
-    session_id: str  # the current session: chat uses it unless told otherwise
+    current: CurrentSessions  # each uid's current session: its chats use it unless told otherwise
     request_stop: Callable[[str], None]
     metrics: Instruments
     alerts: AlertBoard

@@ -80,7 +80,9 @@ def test_group_member_is_forbidden_admin_commands_with_exit_6(group_daemon: Daem
     assert b"FORBIDDEN" in stop.stderr
     assert b"admin role" in stop.stderr
     session = group_daemon.call("status")["session_id"]
-    assert as_user(group_daemon, OUTSIDER, GROUP, "sessions", "delete", session).returncode == 6
+    delete = as_user(group_daemon, OUTSIDER, GROUP, "sessions", "delete", session)
+    assert delete.returncode == 1  # another user's session: not found, as if absent
+    assert b"NOT_FOUND" in delete.stderr
     assert group_daemon.call("status")["state"] == "READY"  # still running, session kept
     assert group_daemon.call("history", {"session": session})["session"]["id"] == session
 

@@ -169,7 +169,7 @@ def test_rows_are_not_sealed_onto_a_malformed_head(db_path: Path) -> None:
 def test_the_table_is_strict_so_a_hash_never_sees_a_converted_type(db_path: Path) -> None:
     def insert_float_latency(conn: Connection) -> None:
         conn.execute(
-            "INSERT INTO audit VALUES (1, 't', 'r', 0, 0, 'c', NULL, 'ok', NULL, 1.5, NULL, 0, 0, 'p', 'h')"
+            "INSERT INTO audit VALUES (1, 't', 'r', 0, 0, 'c', NULL, 'ok', NULL, 1.5, NULL, 0, 0, 'p', 'h', NULL)"
         )
 
     with pytest.raises(StoreError, match="cannot store REAL value in INTEGER column"):

@@ -26,13 +26,13 @@ FLUSH_TIMEOUT_S: Final = 5.0
 )
 async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Recent rows, newest first, with filters."""
-    query = await _query(runtime, call.args)
+    query = await _query(runtime, call.args, call.peer.uid)
     await _flush(runtime)
     rows = await runtime.db.run(audit.recent, query)
     return {"rows": rows}
 
 
-async def _query(runtime: Runtime, args: dict[str, Any]) -> audit.AuditQuery:
+async def _query(runtime: Runtime, args: dict[str, Any], uid: int) -> audit.AuditQuery:
     limit = optional(args, "limit", int, 50)
     if not 1 <= limit <= MAX_ROWS:
         raise BadRequest(f"argument 'limit' must be between 1 and {MAX_ROWS}")
@@ -41,7 +41,7 @@ async def _query(runtime: Runtime, args: dict[str, Any]) -> audit.AuditQuery:
         raise BadRequest(f"argument 'outcome' must be one of {', '.join(sorted(OUTCOMES))}")
     session = optional_or_none(args, "session", str)
     if session is not None:
-        found = await runtime.db.run(sessions.find, session)
+        found = await runtime.db.run(sessions.find, session, sessions.Owner(uid, any_by_id=True))
         session = found.id if found is not None else session  # a name, or an id since deleted
     return audit.AuditQuery(
         command=optional_or_none(args, "command", str),

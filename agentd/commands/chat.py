@@ -1,19 +1,28 @@
-"""chat, sessions, history, session_delete: the conversation commands."""
+"""chat, sessions, session_*: the conversation commands (history is in history.py).
+
+Every session lookup goes through `_find`, which asks the store for the
+peer's own sessions (admins: any by id), so another user's session is
+NOT_FOUND whatever the command. Each uid has its own current session.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Final
 
-from agentd.access import Role
+from agentd.access import Role, resolve_uid
+from agentd.chat import validate_session_name, validate_system_prompt
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
-from agentd.errors import BadRequest, NotFound
+from agentd.errors import BadRequest, Forbidden, NotFound
+from agentd.ownership import ALL_USERS, note_owner, owner_for
 from agentd.runtime import Runtime
-from agentd.store import messages, sessions, state
+from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
 
-MAX_NAME = 100
+MAX_LIST: Final = 10_000
+LISTED_BYTES: Final = 300  # a listed session but its name, packed, with room to spare
 
 
 @command(
@@ -43,46 +52,126 @@ async def _session_for_chat(runtime: Runtime, call: Call) -> Session:
     if optional(call.args, "new_session", bool, False):
         name = optional_or_none(call.args, "session_name", str)
         prompt = optional_or_none(call.args, "system_prompt", str)
-        return await _new_session(runtime, name, prompt)
+        return await _new_session(runtime, call, name, prompt)
     if call.args.get("session_name") is not None or call.args.get("system_prompt") is not None:
         raise BadRequest("session_name and system_prompt go with new_session")
     ref = optional_or_none(call.args, "session", str)
-    return await find_session(runtime, ref or runtime.session_id)
+    if ref is not None:
+        return await _find(runtime, call, ref)
+    return await _current_or_new(runtime, call)
 
 
-async def _new_session(runtime: Runtime, name: str | None, system_prompt: str | None) -> Session:
-    if name is not None:
-        if not name.strip() or len(name) > MAX_NAME:
-            raise BadRequest(f"a session name is 1 to {MAX_NAME} characters")
-        if await runtime.db.run(sessions.find, name) is not None:
-            raise BadRequest(f"a session named {name!r} exists already")
-    session = await runtime.db.run(sessions.create, name, system_prompt)
-    await runtime.db.run(state.put_values, {"current_session": session.id})
-    runtime.session_id = session.id
+async def _current_or_new(runtime: Runtime, call: Call) -> Session:
+    """The peer's current session; a first chat (or one after it was deleted) starts one."""
+    current = runtime.current.get(call.peer.uid)
+    if current is not None:
+        owner = owner_for(call.peer, runtime.access.role_of(call.peer))
+        session = await runtime.db.run(sessions.find, current, owner)
+        if session is not None:
+            note_owner(call.peer, session.owner_uid)
+            return session
+    return await _new_session(runtime, call, None, None)
+
+
+async def _new_session(
+    runtime: Runtime, call: Call, name: str | None, system_prompt: str | None
+) -> Session:
+    uid = call.peer.uid
+    _check_system_prompt(runtime, system_prompt)
+    await _check_name(runtime, uid, name)
+    session = await runtime.db.run(sessions.create, uid, name, system_prompt)
+    await runtime.current.set(uid, session.id)
     return session
 
 
-async def find_session(runtime: Runtime, ref: str) -> Session:
-    session = await runtime.db.run(sessions.find, ref)
+def _check_system_prompt(runtime: Runtime, system_prompt: str | None) -> None:
+    if system_prompt is not None:
+        validate_system_prompt(
+            system_prompt,
+            runtime.config.chat.max_system_prompt_bytes,
+            runtime.config.gemini.context_token_budget,
+        )
+
+
+async def _check_name(runtime: Runtime, owner_uid: int, name: str | None) -> None:
+    """A valid name, not yet taken among the owner's sessions (names are per owner)."""
+    if name is not None:
+        validate_session_name(name)
+        if await runtime.db.run(sessions.name_taken, owner_uid, name):
+            raise BadRequest(f"a session named {name!r} exists already")
+
+
+async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
+    """The peer's session `ref` (admins: anyone's by id); NOT_FOUND for anything else,
+    another user's session included, so a peer cannot learn that it exists."""
+    owner = owner_for(call.peer, runtime.access.role_of(call.peer))
+    session = await runtime.db.run(sessions.find, ref, owner)
     if session is None:
         raise NotFound(f"no session {ref!r}; `agentctl sessions` lists them")
+    note_owner(call.peer, session.owner_uid)
     return session
 
 
-@command("sessions", role=Role.CHAT, args=("limit",))
+async def find_or_current(runtime: Runtime, call: Call) -> Session:
+    ref = optional_or_none(call.args, "session", str) or runtime.current.get(call.peer.uid)
+    if ref is None:
+        raise NotFound("you have no current session yet; `agentctl chat` starts one")
+    return await _find(runtime, call, ref)
+
+
+@command("sessions", role=Role.CHAT, args=("limit", "all", "user"))
 async def list_sessions(runtime: Runtime, call: Call) -> dict[str, Any]:
-    limit = optional(call.args, "limit", int, 100)
-    found = await runtime.db.run(sessions.list_all, max(1, min(limit, 10_000)))
-    return {
-        "current": runtime.session_id,
-        "sessions": [{**s.as_dict(), "current": s.id == runtime.session_id} for s in found],
-    }
+    """The peer's own sessions; admins may ask for everyone's (all) or one user's (user).
+    As many as fit in half a frame; `omitted` counts the older ones left out."""
+    limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
+    owner_uid = _listed_owner(runtime, call)
+    found = await runtime.db.run(sessions.list_owned, owner_uid, limit)
+    current = runtime.current.get(call.peer.uid)
+    budget, used = runtime.config.daemon.max_frame_bytes // 2, 0
+    listed: list[dict[str, Any]] = []
+    for session in found:  # newest first: those left out are the least recently used
+        used += LISTED_BYTES + len((session.name or "").encode("utf-8"))
+        if used > budget:
+            break
+        listed.append(_listed(session, current))
+    return {"current": current, "sessions": listed, "omitted": len(found) - len(listed)}
+
+
+def _listed(session: Session, current: str | None) -> dict[str, Any]:
+    """A session in a listing: its system prompt (up to chat.max_system_prompt_bytes,
+    times thousands of sessions) is left to `session_use` and `history`."""
+    listed = session.as_dict()
+    prompt = listed.pop("system_prompt")
+    return {**listed, "has_system_prompt": prompt is not None, "current": session.id == current}
+
+
+def _listed_owner(runtime: Runtime, call: Call) -> int | None:
+    """Whose sessions to list (None: everyone's), audited when not the peer's own."""
+    everyone = optional(call.args, "all", bool, False)
+    user = optional_or_none(call.args, "user", str)
+    if everyone and user is not None:
+        raise BadRequest("give all or user, not both")
+    uid = call.peer.uid if user is None else _uid_of(user)
+    if not everyone and uid == call.peer.uid:
+        return uid
+    if runtime.access.role_of(call.peer) < Role.ADMIN:
+        raise Forbidden("listing other users' sessions needs the admin role")
+    note_owner(call.peer, ALL_USERS if everyone else uid)
+    return None if everyone else uid
+
+
+def _uid_of(user: str) -> int:
+    try:
+        return resolve_uid(user)
+    except LookupError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 @command("session_new", role=Role.CHAT, args=("name", "system_prompt"))
 async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _new_session(
         runtime,
+        call,
         optional_or_none(call.args, "name", str),
         optional_or_none(call.args, "system_prompt", str),
     )
@@ -91,26 +180,43 @@ async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
 
 @command("session_use", role=Role.CHAT, args=("session",))
 async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, required(call.args, "session", str))
-    await runtime.db.run(state.put_values, {"current_session": session.id})
-    runtime.session_id = session.id
+    session = await _find(runtime, call, required(call.args, "session", str))
+    await runtime.current.set(call.peer.uid, session.id)
     return {"session": session.as_dict()}
 
 
-@command("history", role=Role.CHAT, args=("session", "limit"))
-async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, optional(call.args, "session", str, runtime.session_id))
-    limit = max(1, min(optional(call.args, "limit", int, 100), 10_000))
-    turns = await runtime.db.run(messages.history, session.id, limit)
-    return {"session": session.as_dict(), "messages": [t.as_dict() for t in turns]}
+@command("session_rename", role=Role.CHAT, args=("session", "name"))
+async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Name one of the peer's sessions (admins: anyone's); no name removes it."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    name = optional_or_none(call.args, "name", str)
+    if name != session.name:
+        await _check_name(runtime, session.owner_uid, name)
+    renamed = dataclasses.replace(session, name=name)
+    await runtime.db.run(sessions.update, renamed)
+    return {"session": renamed.as_dict()}
 
 
-@command("session_delete", role=Role.ADMIN, args=("session",))
+@command("session_prompt", role=Role.CHAT, args=("session", "system_prompt"))
+async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
+    """Set or (none given) remove the system prompt of one of the peer's sessions."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    prompt = optional_or_none(call.args, "system_prompt", str)
+    _check_system_prompt(runtime, prompt)
+    changed = dataclasses.replace(session, system_prompt=prompt)
+    await runtime.db.run(sessions.update, changed)
+    return {"session": changed.as_dict()}
+
+
+@command("session_delete", role=Role.CHAT, args=("session",))
 async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await find_session(runtime, required(call.args, "session", str))
-    await runtime.db.run(sessions.delete, session.id)
-    if session.id == runtime.session_id:
-        replacement = await runtime.db.run(sessions.create, None, None)
-        await runtime.db.run(state.put_values, {"current_session": replacement.id})
-        runtime.session_id = replacement.id
-    return {"deleted": session.id, "current": runtime.session_id}
+    """Delete one of the peer's sessions (admins: anyone's) with its messages."""
+    session = await _find(runtime, call, required(call.args, "session", str))
+    session_id_var.set(session.id)
+    was_current = runtime.current.get(call.peer.uid) == session.id
+    await runtime.db.run(sessions.delete, session)
+    await runtime.current.forget_session(session.id)
+    if was_current:
+        replacement = await runtime.db.run(sessions.create, call.peer.uid, None, None)
+        await runtime.current.set(call.peer.uid, replacement.id)
+    return {"deleted": session.id, "current": runtime.current.get(call.peer.uid)}

@@ -24,7 +24,7 @@ def status(runtime: Runtime, call: Call) -> dict[str, Any]:
         "state": str(state),
         "state_reason": lifecycle.reason,
         "healthy": runtime.health.healthy and state in SERVING,
-        "session_id": runtime.session_id,
+        "session_id": runtime.current.get(call.peer.uid),  # the caller's own
         "uptime_s": round(runtime.uptime_s * 1000) / 1000,  # round(x, 3) costs 2.5x as much
         "store": {"path": runtime.store_path, "size_bytes": runtime.store_size_bytes()},
         "in_flight": lifecycle.in_flight,

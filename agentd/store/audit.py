@@ -6,7 +6,8 @@ audit_chain hashed - an INTEGER column never hands back a float or a string)::
     audit  seq INTEGER PRIMARY KEY, ts TEXT, request_id TEXT, peer_uid INTEGER,
            peer_pid INTEGER, command TEXT, session_id TEXT NULL, outcome TEXT,
            error_code TEXT NULL, latency_ms INTEGER, model TEXT NULL,
-           tokens_in INTEGER, tokens_out INTEGER, prev_hash TEXT, hash TEXT
+           tokens_in INTEGER, tokens_out INTEGER, prev_hash TEXT, hash TEXT,
+           owner_uid INTEGER NULL (migration 0005_audit_owner: whose data an admin touched)
     state  'audit_anchor' -> {"seq": n, "hash": "..."}
 
 Three ways in, one chain::
@@ -108,6 +109,11 @@ def m0002_audit(conn: Connection) -> None:
     conn.execute("CREATE INDEX audit_by_request ON audit (request_id)")
 
 
+def m0005_audit_owner(conn: Connection) -> None:
+    # Null in every row before it: the chain leaves a null owner_uid out of the hash.
+    conn.execute("ALTER TABLE audit ADD COLUMN owner_uid INTEGER")
+
+
 class AuditEvent(NamedTuple):
     """One request, as the request path knows it; becomes a row when sealed.
 
@@ -126,6 +132,7 @@ class AuditEvent(NamedTuple):
     model: str | None = None
     tokens_in: int = 0
     tokens_out: int = 0
+    owner_uid: int | None = None  # whose data it touched, when not the peer's own
 
     def content(self) -> Content:
         """The row's content fields (all but seq and the hashes), as the chain records them."""
@@ -142,6 +149,7 @@ class AuditEvent(NamedTuple):
             self.model,
             max(0, self.tokens_in),
             max(0, self.tokens_out),
+            self.owner_uid,
         )
 
 

@@ -14,10 +14,10 @@ StoreUnavailable until agentd is restarted.
 
 Data model (see migrations.py for the exact schema)::
 
-    sessions  id, name, created_at, last_used_at, system_prompt, turns
+    sessions  id, owner_uid, name (unique per owner), created_at, last_used_at, system_prompt, turns
     messages  id, session_id -> sessions, request_id, role, content, status, model, tokens...
     audit     seq, ts, request_id, peer, command, outcome, ..., prev_hash, hash (a hash chain)
-    state     key -> JSON value (agent id, current session, lifetime counters)
+    state     key -> JSON value (agent id, each uid's current session, lifetime counters)
     schema_migrations  name, applied_at
 """
 

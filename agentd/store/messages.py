@@ -129,13 +129,27 @@ def context_turns(conn: Connection, session_id: str, limit: int) -> list[tuple[s
     return turns
 
 
-def history(conn: Connection, session_id: str, limit: int) -> list[StoredTurn]:
+_TURN_COLUMNS = "id, request_id, role, content, status, model, tokens_in, tokens_out, created_at"
+
+
+def history_ids(conn: Connection, session_id: str, limit: int) -> list[int]:
+    """The ids of a session's latest `limit` messages, oldest first.
+
+    History is read one message at a time (`turn`), so a reply never has to
+    hold, nor the daemon to load, a whole long conversation at once.
+    """
     rows = conn.execute(
-        "SELECT id, request_id, role, content, status, model, tokens_in, tokens_out, created_at "
-        "FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
+        "SELECT id FROM messages WHERE session_id = ? ORDER BY id DESC LIMIT ?",
         (session_id, limit),
     ).fetchall()
-    return [StoredTurn(*row) for row in reversed(rows)]
+    return [row[0] for row in reversed(rows)]
+
+
+def turn(conn: Connection, message_id: int) -> StoredTurn | None:
+    row = conn.execute(
+        f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+    ).fetchone()
+    return StoredTurn(*row) if row else None
 
 
 def count(conn: Connection) -> int:

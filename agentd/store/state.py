@@ -26,3 +26,8 @@ def probe(conn: Connection) -> None:
     """A real read and a real write through SQLCipher, for the health check."""
     conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     put_values(conn, {"health_probe": 1})
+
+
+def delete_value(conn: Connection, key: str) -> None:
+    with transaction(conn):
+        conn.execute("DELETE FROM state WHERE key = ?", (key,))
