@@ -69,6 +69,9 @@ class LogSettings:
 @dataclass(frozen=True)
 class ChatSettings:
     max_prompt_bytes: int = 200_000  # UTF-8 bytes of one prompt (stdin and argument together)
+    # UTF-8 bytes of one answer's text; past it the answer is cut, stored as
+    # truncated, and the rest is not read. Well under daemon.max_frame_bytes.
+    max_answer_bytes: int = 256 * 1024
     max_concurrent: int = 8  # chats at the provider at once
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
     history_max_turns: int = 50  # exchanges read from the store before the token budget applies
@@ -333,6 +336,7 @@ def _validate(config: Config) -> None:
         "daemon.health_interval_s": config.daemon.health_interval_s,
         "log.ring_size": config.log.ring_size,
         "chat.max_prompt_bytes": config.chat.max_prompt_bytes,
+        "chat.max_answer_bytes": config.chat.max_answer_bytes,
         "chat.max_concurrent": config.chat.max_concurrent,
         "chat.history_max_turns": config.chat.history_max_turns,
     }
@@ -345,6 +349,12 @@ def _validate(config: Config) -> None:
         for name, problem in getattr(config, section).problems():
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")
+    if config.chat.max_answer_bytes > config.daemon.max_frame_bytes // 2:
+        # The reply carries the answer and its fields in one frame.
+        raise ConfigError(
+            f"{_origin(config, 'chat.max_answer_bytes')}: chat.max_answer_bytes must be at "
+            f"most half of daemon.max_frame_bytes ({config.daemon.max_frame_bytes // 2})"
+        )
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 

@@ -8,6 +8,7 @@ from agentd.access import Role
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, NotFound
+from agentd.providers.base import Wait
 from agentd.runtime import Runtime
 from agentd.store import messages, sessions, state
 from agentd.store.sessions import Session
@@ -32,8 +33,17 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     async def send_chunk(text: str) -> None:
         await call.emit("chunk", {"text": text})
 
+    async def send_wait(wait: Wait) -> None:
+        # Streamed or not: a client waiting on a long retry deserves to know why.
+        await call.emit("wait", wait._asdict())
+
     reply = await runtime.chat.chat(
-        session, call.request_id, message, send_chunk if stream else None, peer_uid=call.peer.uid
+        session,
+        call.request_id,
+        message,
+        send_chunk if stream else None,
+        peer_uid=call.peer.uid,
+        on_wait=send_wait,
     )
     return reply.as_dict()
 
