@@ -171,7 +171,7 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN and not self._trial_in_flight:
             self._trial_in_flight = True
             return
-        raise CircuitOpen(self._refusal_message())
+        raise CircuitOpen(self._refusal_message(), reason=self._last_failure_reason)
 
     def record_success(self) -> None:
         self._trial_in_flight = False
