@@ -180,7 +180,8 @@ def test_max_answer_bytes_must_fit_in_a_frame(make_daemon: Callable[..., DaemonP
     checked = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=d.env,
                              capture_output=True, timeout=30, check=False)
     assert checked.returncode == 78
-    assert b"chat.max_answer_bytes" in checked.stderr
+    assert b"chat.max_answer_bytes must be at most half of daemon.max_frame_bytes" in (
+        checked.stderr)
 
 
 # -- quota -----------------------------------------------------------------------------
