@@ -79,7 +79,7 @@ def same_in_both(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
 @pytest.mark.parametrize(("reply", "why"), [
     (no_text("OTHER"), "finish reason OTHER"),
     (no_text("LANGUAGE"), "finish reason LANGUAGE"),
-    (no_parts(), "no parts"),
+    (no_parts(), "no text parts"),
     (no_candidates(), "no candidates"),
 ], ids=["other", "language", "no-parts", "no-candidates"])
 def test_an_answer_without_text_says_so_and_is_never_stored_complete(

@@ -340,7 +340,7 @@ class _Reading:
         if finish is None:
             return NoText("the answer ended without any text or finish reason", reason="NO_FINISH")
         if finish == "STOP":
-            return NoText("the answer's content had no parts (finish reason STOP)", reason="STOP")
+            return NoText("the answer had no text parts (finish reason STOP)", reason="STOP")
         return NoText(f"finish reason {finish}{_FINISH_HINTS.get(finish, '')}", reason=finish)
 
 

@@ -118,7 +118,7 @@ class BreakerStatistics(NamedTuple):
     opened_at: float | None  # clock time of the latest opening
     cooldown_remaining_s: float  # 0 unless open
     last_failure_kind: ErrorKind | None
-    last_failure_reason: str | None  # its cause, e.g. ConnectError
+    last_failure_reason: str | None = None  # its cause, e.g. ConnectError
 
 
 class CircuitBreaker:
@@ -275,7 +275,7 @@ class ProviderStatistics(NamedTuple):
     health: Health
     # Seconds since the service last proved to work (an answer, a passing key
     # check), None if it never did: evidence newer than a failed key check.
-    last_success_age_s: float | None
+    last_success_age_s: float | None = None
 
 
 class KeyStatus(enum.StrEnum):
@@ -372,6 +372,7 @@ class ResilientProvider(Provider):
         self._last_success_at: float | None = None
         self._on_health_change = on_health_change
         self._reported_health: Health | None = None
+        self._failed_since_success = False
 
     # -- the Provider interface
 
@@ -726,18 +727,22 @@ class ResilientProvider(Provider):
 
     def _note_health(self, error: ProviderError | None) -> None:
         """Remember the latest service-side failure (None: the service just worked)."""
+        # A success is news after any failure (a failed key check, say), even one
+        # that left the live verdict alone; otherwise only a changed verdict is.
+        news = error is not None or self._failed_since_success
+        self._failed_since_success = error is not None
         if error is None:
             self._last_success_at = self._clock()
         if error is None or error.kind in _HEALTH_KINDS:
             self._health_problem = error
-        self._tell_health()
+        self._tell_health(news)
 
-    def _tell_health(self) -> None:
-        """Call on_health_change when the verdict changed (a success is news only then)."""
+    def _tell_health(self, news: bool) -> None:
+        """Call on_health_change when there is news, or the verdict changed."""
         if self._on_health_change is None:
             return
         health = self._health()
-        if health != self._reported_health:
+        if news or health != self._reported_health:
             self._reported_health = health
             self._on_health_change()
 
