@@ -218,7 +218,8 @@ def blocked_after_text(chunks: tuple[str, ...] = ("Step one: ", "mix "),
 
 
 def endless(piece: str = "la " * 300) -> Reply:
-    """A stream that never ends (a broken proxy or model loop): the same chunk forever."""
+    """An answer that never ends (a broken proxy or model loop): streamed, the same chunk
+    forever; whole, a JSON body whose text never closes."""
     return Reply(text=piece, chunks=(piece,), finish_reason=None, forever=True)
 
 
@@ -547,6 +548,8 @@ class FakeGemini:
             return True
         if request.action == "streamGenerateContent":
             return await _stream(writer, request, reply)
+        if reply.forever:
+            return await _endless_body(writer, reply)
         await _send(writer, 200, json.dumps(_response(request, reply, reply.text, True)).encode())
         return True
 
@@ -595,6 +598,18 @@ async def _stream(writer: asyncio.StreamWriter, request: RecordedRequest, reply:
         await _send_chunk(writer, _sse(json.loads(_json_error(503, "The model is overloaded."))))
     await _send_chunk(writer, b"")  # the terminating zero-length chunk
     return True
+
+
+async def _endless_body(writer: asyncio.StreamWriter, reply: Reply) -> bool:
+    """A whole answer whose JSON body never ends (chunked): the text grows forever."""
+    head = ["HTTP/1.1 200 OK", "Content-Type: application/json; charset=UTF-8",
+            "Transfer-Encoding: chunked"]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    await _send_chunk(writer, b'{"candidates": [{"content": {"role": "model", "parts": [{"text": "')
+    piece = json.dumps(reply.text)[1:-1].encode()
+    while True:  # until the client hangs up
+        await _send_chunk(writer, piece)
+        await asyncio.sleep(reply.chunk_delay_s)
 
 
 def _sse(event: dict[str, Any]) -> bytes:

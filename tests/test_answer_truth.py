@@ -175,6 +175,24 @@ def test_a_whole_answer_over_the_limit_is_cut_the_same_way(
         "truncated", "truncated", True)
 
 
+def test_a_whole_answer_that_never_ends_is_not_read_past_a_bound(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    """Not streamed, the SDK reads the body whole: an endless body is cut at a bound
+    derived from chat.max_answer_bytes, answered degraded at once, not retried."""
+    d = make_daemon(gemini_env(fake_gemini, AGENTD_CHAT__MAX_ANSWER_BYTES="1000",
+                               AGENTD_GEMINI__FALLBACK_MODEL="")).start()
+    fake_gemini.push(endless())
+
+    shown = d.agentctl("chat", "--no-stream", "sing", timeout=30)
+
+    assert shown.returncode == 5
+    assert b"too large to read whole" in shown.stdout
+    assert len(fake_gemini.requests) == 1
+    assert last_model_turn(d)["status"] == "degraded"
+    assert d.call("status")["state"] == "READY"
+
+
 def test_max_answer_bytes_must_fit_in_a_frame(make_daemon: Callable[..., DaemonProcess]) -> None:
     d = make_daemon({"AGENTD_CHAT__MAX_ANSWER_BYTES": str(1024 * 1024)})
     checked = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=d.env,

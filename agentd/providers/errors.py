@@ -9,6 +9,7 @@ decides on)::
     │   └── MalformedResponse       transient         a body that is not JSON (a broken proxy)
     ├── UnexpectedResponse          bad_response      JSON the SDK rejects (a malformed field)
     ├── NoText                      no_text           the model answered with no text at all
+    ├── AnswerTooLarge              too_large         a whole answer's body past its bound
     ├── RateLimited                 rate_limited      429 (.retry_after, seconds or None)
     ├── AuthError                   auth              401, 403, 400 API_KEY_INVALID
     ├── InvalidRequest              invalid_request   other 4xx, an unusable base_url
@@ -60,6 +61,7 @@ class ErrorKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     NO_KEY = "no_key"
     NO_TEXT = "no_text"
+    TOO_LARGE = "too_large"
     BAD_RESPONSE = "bad_response"
 
 
@@ -109,6 +111,12 @@ class NoText(ProviderError):
     """The model answered but produced no text; `.reason` says why (e.g. OTHER, NO_CANDIDATES)."""
 
     kind = ErrorKind.NO_TEXT
+
+
+class AnswerTooLarge(ProviderError):
+    """A non-streamed answer's HTTP body grew past its bound (body_limit.py): not read whole."""
+
+    kind = ErrorKind.TOO_LARGE
 
 
 class RateLimited(ProviderError):

@@ -16,10 +16,11 @@ the first request. Without an API key the SDK is never loaded at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from agentd.providers.base import Answer, AnswerStatus, GenerationRequest, OnChunk, Provider, Turn
@@ -92,7 +93,7 @@ class GeminiProvider(Provider):
         config = _config(self._settings, request.system_prompt)
         reading = _Reading(request.max_answer_bytes)
         if on_chunk is None:
-            with translate_errors():
+            with translate_errors(), _body_bound(request.max_answer_bytes):
                 response = await client.aio.models.generate_content(
                     model=model, contents=contents, config=config
                 )
@@ -155,6 +156,22 @@ class GeminiProvider(Provider):
         return self._client
 
 
+@contextlib.contextmanager
+def _body_bound(max_answer_bytes: int | None) -> Iterator[None]:
+    """Bound the HTTP body of the whole answer read inside the block (body_limit.py)."""
+    if max_answer_bytes is None:
+        yield
+        return
+    # Loaded with the client already (see _build_client): no import cost here.
+    from agentd.providers.body_limit import BODY_LIMIT, body_limit_for
+
+    token = BODY_LIMIT.set(body_limit_for(max_answer_bytes))
+    try:
+        yield
+    finally:
+        BODY_LIMIT.reset(token)
+
+
 def _build_client(
     settings: ProviderSettings, api_key: str, tls: ssl.SSLContext | None
 ) -> genai.Client:
@@ -163,6 +180,8 @@ def _build_client(
     import httpx2
     from google import genai
     from google.genai import types
+
+    from agentd.providers.body_limit import bound_body
 
     if tls is None:
         # The context the SDK would build for its HTTP client, built here so that
@@ -179,7 +198,11 @@ def _build_client(
         retry_options=types.HttpRetryOptions(attempts=1),
         # httpx2 takes the context as `verify`; `ssl` is the SDK's websocket one.
         client_args={"verify": tls},
-        async_client_args={"verify": tls, "ssl": tls},
+        async_client_args={
+            "verify": tls,
+            "ssl": tls,
+            "event_hooks": {"response": [bound_body]},
+        },
     )
     client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
     logger.info(

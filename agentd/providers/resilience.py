@@ -878,6 +878,12 @@ def degraded_text(error: ProviderError, model: str) -> str:
         )
     if kind is ErrorKind.INVALID_REQUEST:
         return f"[degraded] Gemini refused the request as invalid ({error})."
+    if kind is ErrorKind.TOO_LARGE:
+        return (
+            f"[degraded] {model}'s answer was too large to read whole ({error}); "
+            "chat.max_answer_bytes bounds it. Ask for a shorter answer, or stream it "
+            "(a streamed answer keeps its first chat.max_answer_bytes)."
+        )
     if kind is ErrorKind.BAD_RESPONSE:
         return (
             f"[degraded] {model} sent a response agentd could not read ({error}); "
