@@ -663,40 +663,35 @@ class ResilientProvider(Provider):
             return self._cut_off(call, model, error)
         if error.kind is ErrorKind.BLOCKED:
             self._counts["blocked"] += 1
-            return Answer(
-                text=_blocked_text(error),
-                model=model,
-                attempts=call.attempts,
-                notice=call.trim_notice,
-                error_kind=str(error.kind),
-                status=AnswerStatus.BLOCKED,
-            )
+            return self._placeholder(call, model, error, AnswerStatus.BLOCKED, _blocked_text(error))
         if error.kind is ErrorKind.NO_TEXT:
             self._counts["degraded"] += 1
             self._note_health(None)  # the service works; this answer had no text
-            return Answer(
-                text=f"[no answer] The model {model} produced no text: {error}. "
-                "Asking again or rephrasing may help.",
-                model=model,
-                degraded=True,
-                attempts=call.attempts,
-                notice=call.trim_notice,
-                error_kind=str(error.kind),
-                status=AnswerStatus.EMPTY,
+            text = (
+                f"[no answer] The model {model} produced no text: {error}. "
+                "Asking again or rephrasing may help."
             )
+            return self._placeholder(call, model, error, AnswerStatus.EMPTY, text)
         self._note_health(error)
         return self._degraded(call, model, error)
 
     def _degraded(self, call: _Call, model: str, error: ProviderError) -> Answer:
         self._counts["degraded"] += 1
+        text = degraded_text(error, model)
+        return self._placeholder(call, model, error, AnswerStatus.DEGRADED, text)
+
+    def _placeholder(
+        self, call: _Call, model: str, error: ProviderError, status: AnswerStatus, text: str
+    ) -> Answer:
+        """Our text in place of the model's, saying why it is not the model's answer."""
         return Answer(
-            text=degraded_text(error, model),
+            text=text,
             model=model,
-            degraded=True,
+            degraded=status is not AnswerStatus.BLOCKED,
             attempts=call.attempts,
             notice=call.trim_notice,
             error_kind=str(error.kind),
-            status=AnswerStatus.DEGRADED,
+            status=status,
         )
 
     def _cut_off(self, call: _Call, model: str, error: ProviderError) -> Answer:
