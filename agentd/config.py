@@ -160,7 +160,18 @@ def load_config(
         _apply(values, sources, _read_file(path), str(path))
     _apply(values, sources, _from_environ(environ), "environment")
     _apply(values, sources, {k: v for k, v in (flags or {}).items() if v is not None}, "flag")
+    _derive_defaults(values, sources)
     return _build(profile, values, sources, path)
+
+
+def _derive_defaults(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Defaults that follow another setting unless they were set themselves."""
+    # An answer travels in one reply frame: by default it fits in half of one.
+    key = "chat.max_answer_bytes"
+    if sources[key] == "default":
+        values[key] = min(values[key], values["daemon.max_frame_bytes"] // 2)
+        if values[key] != _defaults()[key]:
+            sources[key] = "default (half of daemon.max_frame_bytes)"
 
 
 def _defaults() -> dict[str, Any]:

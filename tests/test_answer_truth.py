@@ -193,13 +193,25 @@ def test_a_whole_answer_that_never_ends_is_not_read_past_a_bound(
     assert d.call("status")["state"] == "READY"
 
 
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=env,
+                          capture_output=True, timeout=30, check=False)
+
+
 def test_max_answer_bytes_must_fit_in_a_frame(make_daemon: Callable[..., DaemonProcess]) -> None:
+    """Set too large: refused, naming both keys. Unset with small frames: half a frame."""
     d = make_daemon({"AGENTD_CHAT__MAX_ANSWER_BYTES": str(1024 * 1024)})
-    checked = subprocess.run([sys.executable, "-m", "agentd", "--check-config"], env=d.env,
-                             capture_output=True, timeout=30, check=False)
-    assert checked.returncode == 78
+    refused = check_config(d.env)
+    assert refused.returncode == 78
     assert b"chat.max_answer_bytes must be at most half of daemon.max_frame_bytes" in (
-        checked.stderr)
+        refused.stderr)
+
+    small_frames = {**d.env, "AGENTD_DAEMON__MAX_FRAME_BYTES": "65536"}
+    del small_frames["AGENTD_CHAT__MAX_ANSWER_BYTES"]
+    derived = check_config(small_frames)
+    assert derived.returncode == 0
+    assert b"max_answer_bytes = 32768  # default (half of daemon.max_frame_bytes)" in (
+        derived.stdout)
 
 
 # -- quota -----------------------------------------------------------------------------
