@@ -242,8 +242,9 @@ async def _next_chunk(
 async def _close_quietly(stream: AsyncIterator[Any]) -> None:
     """Close an abandoned stream now, releasing its connection.
 
-    Called while another exception is on its way out: a failure to close must
-    not replace it (least of all a CancelledError), so it is only logged.
+    Called when the answer was cut at its size limit, or while another
+    exception is on its way out: a failure to close must not replace it (least
+    of all a CancelledError), so it is only logged.
     """
     close = getattr(stream, "aclose", None)
     if close is None:
