@@ -70,6 +70,8 @@ def chat(
             streamed.append(text)
             sys.stdout.write(for_terminal(text))
             sys.stdout.flush()
+        elif event.get("event") == "wait":
+            _show_wait(event)
 
     with opts.client(timeout=CHAT_TIMEOUT_S) as client:
         result = client.call("chat", args, on_event=on_event)
@@ -93,6 +95,23 @@ def _read_stdin(stdin: Any) -> str:
         fail(f"stdin is not valid UTF-8 (byte {exc.start}); nothing was sent", exits.USAGE)
 
 
+def _show_wait(event: dict[str, Any]) -> None:
+    """On a terminal, say why the answer is late (a script's stderr stays quiet)."""
+    if not sys.stderr.isatty():
+        return
+    message = "".join(c if c.isprintable() else "?" for c in str(event.get("message", "")))
+    seconds = float(event.get("seconds") or 0)
+    click.echo(style(f"agentctl: waiting {seconds:.0f}s: {message}", fg="yellow"), err=True)
+
+
+# What an exit-5 answer is, by its status (the daemon's AnswerStatus).
+_NOT_COMPLETE = {
+    "incomplete": "incomplete answer: the model's text, cut short",
+    "truncated": "truncated answer: the model's text, cut at chat.max_answer_bytes",
+    "empty": "no answer: the model produced no text",
+}
+
+
 def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool) -> None:
     if as_json:
         print_json(result)
@@ -106,9 +125,8 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
     if result.get("notice"):
         click.echo(f"agentctl: note: {visible(str(result['notice']))}", err=True)
     if result.get("degraded"):
-        click.echo(
-            style("agentctl: degraded answer: not from the model (exit 5)", fg="yellow"), err=True
-        )
+        what = _NOT_COMPLETE.get(str(result.get("status")), "degraded answer: not from the model")
+        click.echo(style(f"agentctl: {what} (exit 5)", fg="yellow"), err=True)
 
 
 @click.group(invoke_without_command=True)

@@ -23,7 +23,15 @@ from agentd.config import ChatSettings
 from agentd.errors import BadRequest
 from agentd.lifecycle import Lifecycle
 from agentd.limits import AdmissionQueue
-from agentd.providers import Answer, GenerationRequest, OnChunk, ProviderSettings, Turn, fit_history
+from agentd.providers import (
+    Answer,
+    GenerationRequest,
+    OnChunk,
+    OnWait,
+    ProviderSettings,
+    Turn,
+    fit_history,
+)
 from agentd.providers.context import estimate_tokens
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import CHAT, RequestLimiter
@@ -49,6 +57,7 @@ class ChatReply:
     turns_left_out: int
     notice: str | None
     error_kind: str | None
+    status: str  # the stored status: complete, incomplete, truncated, empty, blocked, degraded
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +73,7 @@ class ChatReply:
             "turns_left_out": self.turns_left_out,
             "notice": self.notice,
             "error_kind": self.error_kind,
+            "status": self.status,
         }
 
 
@@ -147,18 +157,24 @@ class ChatPipeline:
         on_chunk: OnChunk | None,
         *,
         peer_uid: int,
+        on_wait: OnWait | None = None,
     ) -> ChatReply:
         validate_prompt(prompt, self._settings.max_prompt_bytes)
         self._limiter.check(peer_uid, session.id, CHAT)  # RATE_LIMITED with retry_after
         async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
             self._lifecycle.begin_work()
             try:
-                return await self._answer(session, request_id, prompt, on_chunk)
+                return await self._answer(session, request_id, prompt, on_chunk, on_wait)
             finally:
                 self._lifecycle.end_work()
 
     async def _answer(
-        self, session: Session, request_id: str, prompt: str, on_chunk: OnChunk | None
+        self,
+        session: Session,
+        request_id: str,
+        prompt: str,
+        on_chunk: OnChunk | None,
+        on_wait: OnWait | None,
     ) -> ChatReply:
         started = time.monotonic()
         # run_checked: refused (STORE_UNAVAILABLE) if the database files were replaced.
@@ -168,7 +184,7 @@ class ChatPipeline:
         try:
             request, left_out = await self._build_request(session, request_id, prompt)
             asked = time.monotonic()
-            answer = await self._provider.generate(request, on_chunk)
+            answer = await self._provider.generate(request, on_chunk, on_wait=on_wait)
             self._metrics.observe_provider(time.monotonic() - asked)
             await self._db.run_checked(
                 messages.record_model_turn, session.id, request_id, user_turn, _model_turn(answer)
@@ -184,6 +200,7 @@ class ChatPipeline:
                 "session_id": session.id,
                 "model": answer.model,
                 "degraded": answer.degraded,
+                "status": str(answer.status),
                 "prompt_bytes": len(prompt.encode()),
                 "answer_bytes": len(answer.text.encode()),
                 "tokens_in": answer.tokens_in,
@@ -205,6 +222,7 @@ class ChatPipeline:
             turns_left_out=left_out,
             notice=_notice(answer, left_out),
             error_kind=answer.error_kind,
+            status=str(answer.status),
         )
 
     async def _build_request(
@@ -217,27 +235,24 @@ class ChatPipeline:
         turns = [Turn(role, text) for role, text in stored] + [Turn("user", prompt)]  # type: ignore[arg-type]
         fitted = fit_history(turns, self._gemini.context_token_budget, system_prompt)
         request = GenerationRequest(
-            request_id=request_id, system_prompt=system_prompt, turns=fitted.turns
+            request_id=request_id,
+            system_prompt=system_prompt,
+            turns=fitted.turns,
+            max_answer_bytes=self._settings.max_answer_bytes,
         )
         return request, fitted.omitted
 
 
 def _model_turn(answer: Answer) -> messages.ModelTurn:
-    if answer.error_kind == "blocked":
-        status = "blocked"
-    elif answer.degraded:
-        status = "degraded"
-    else:
-        status = "complete"
+    """The stored turn: its status is the answer's own (complete only when whole)."""
     return messages.ModelTurn(
-        answer.text, status, answer.model, answer.tokens_in, answer.tokens_out
+        answer.text, str(answer.status), answer.model, answer.tokens_in, answer.tokens_out
     )
 
 
 def _notice(answer: Answer, left_out: int) -> str | None:
+    # The provider's notice already says which model answered and why (fallback).
     notes = [answer.notice] if answer.notice else []
-    if answer.fallback_used:
-        notes.append(f"answered by the fallback model {answer.model}")
     if left_out:
         notes.append(
             f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)"

@@ -72,6 +72,9 @@ class LogSettings:
 @dataclass(frozen=True)
 class ChatSettings:
     max_prompt_bytes: int = 200_000  # UTF-8 bytes of one prompt (stdin and argument together)
+    # UTF-8 bytes of one answer's text; past it the answer is cut, stored as
+    # truncated, and the rest is not read. Well under daemon.max_frame_bytes.
+    max_answer_bytes: int = 256 * 1024
     max_concurrent: int = 8  # chats at the provider at once
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
     history_max_turns: int = 50  # exchanges read from the store before the token budget applies
@@ -164,7 +167,18 @@ def load_config(
         _apply(values, sources, _read_file(path), str(path))
     _apply(values, sources, _from_environ(environ), "environment")
     _apply(values, sources, {k: v for k, v in (flags or {}).items() if v is not None}, "flag")
+    _derive_defaults(values, sources)
     return _build(profile, values, sources, path)
+
+
+def _derive_defaults(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Defaults that follow another setting unless they were set themselves."""
+    # An answer travels in one reply frame: by default it fits in half of one.
+    key = "chat.max_answer_bytes"
+    if sources[key] == "default":
+        values[key] = min(values[key], values["daemon.max_frame_bytes"] // 2)
+        if values[key] != _defaults()[key]:
+            sources[key] = "default (half of daemon.max_frame_bytes)"
 
 
 def _defaults() -> dict[str, Any]:
@@ -341,6 +355,7 @@ def _validate(config: Config) -> None:
         "daemon.health_interval_s": config.daemon.health_interval_s,
         "log.ring_size": config.log.ring_size,
         "chat.max_prompt_bytes": config.chat.max_prompt_bytes,
+        "chat.max_answer_bytes": config.chat.max_answer_bytes,
         "chat.max_concurrent": config.chat.max_concurrent,
         "chat.history_max_turns": config.chat.history_max_turns,
         "chat.max_system_prompt_bytes": config.chat.max_system_prompt_bytes,
@@ -360,6 +375,12 @@ def _validate(config: Config) -> None:
             f"one of {', '.join(SOCKET_GROUP_ROLES)}"
         )
     _validate_reserve(config)
+    if config.chat.max_answer_bytes > config.daemon.max_frame_bytes // 2:
+        # The reply carries the answer and its fields in one frame.
+        raise ConfigError(
+            f"{_origin(config, 'chat.max_answer_bytes')}: chat.max_answer_bytes must be at "
+            f"most half of daemon.max_frame_bytes ({config.daemon.max_frame_bytes // 2})"
+        )
     if config.daemon.shutdown_grace_s < 0:
         raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 

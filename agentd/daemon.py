@@ -42,7 +42,7 @@ from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks, report
+from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks, report, report_gemini
 from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
@@ -239,21 +239,27 @@ class Daemon:
             self.config.gemini,
             key.reveal() if key else None,
             on_breaker_change=self._on_breaker_change,
+            on_health_change=self._on_provider_health,
         )
+
+    def _on_provider_health(self) -> None:
+        """A call just worked or failed: the gemini component says so at once."""
+        if self.runtime is not None:
+            report_gemini(self.runtime)
 
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         """Breaker open = the model is failing: ERROR, degraded answers, and a recovery loop."""
         assert self.runtime is not None
         if new is BreakerState.OPEN:
             reason = "circuit breaker open: Gemini keeps failing"
-            self.runtime.health.report("gemini", Level.FAILED, reason)
+            report_gemini(self.runtime)
             self.lifecycle.component_failed("gemini", reason)
             if self._recovery is None or self._recovery.done():
                 self._recovery = asyncio.create_task(
                     self._recover_provider(), name="gemini-recovery"
                 )
         elif new is BreakerState.CLOSED:
-            self.runtime.health.report("gemini", Level.OK, "answering again")
+            report_gemini(self.runtime)
             self.lifecycle.component_recovered("gemini")
 
     async def _recover_provider(self) -> None:

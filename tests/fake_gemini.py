@@ -6,6 +6,12 @@ It speaks the shapes google-genai sends and parses::
     POST /{version}/models/{model}:streamGenerateContent?alt=sse   SSE, one JSON per event
     GET  /{version}/models/{model}                                 model metadata (key checks)
 
+The response shapes are the real API's, each helper citing where the shape
+is documented or was reported: the API reference (GenerateContentResponse,
+Candidate.FinishReason, the google.rpc error model) and other clients' bug
+reports for what the reference does not promise but the service sends
+(empty candidates, content without parts, 429 bodies).
+
 Any version prefix is accepted (v1, v1beta, ...). Each request takes the
 first queued Reply that matches it (model and action filters, FIFO), else
 the default set for its model, else a plain answer. Build replies with the
@@ -81,6 +87,11 @@ class Reply:
     # Stream: after `fail_after` chunks, cut the connection or send an error event.
     fail_after: int | None = None
     fail_with: Literal["disconnect", "error"] = "disconnect"
+    # "no_candidates": no candidates at all; "no_parts": content without parts.
+    shape: Literal["normal", "no_candidates", "no_parts"] = "normal"
+    # Stream: the finishReason comes alone in one more event, with no content.
+    finish_alone: bool = False
+    forever: bool = False  # stream: repeat the chunks until the client hangs up
 
 
 def answer(
@@ -160,6 +171,93 @@ def prompt_blocked(reason: str = "SAFETY") -> Reply:
 def answer_blocked(reason: str = "SAFETY") -> Reply:
     """A candidate with finishReason SAFETY (or another filter) and no text."""
     return Reply(text="", finish_reason=reason)
+
+
+# --- real answer shapes -------------------------------------------------------------
+#
+# Reference: https://ai.google.dev/api/generate-content#generatecontentresponse
+# ("either all requested candidates are returned or no candidates at all"),
+# and Candidate.FinishReason: STOP, MAX_TOKENS, SAFETY, RECITATION, LANGUAGE,
+# OTHER, BLOCKLIST, PROHIBITED_CONTENT, SPII, MALFORMED_FUNCTION_CALL...
+# ("If empty, the model has not stopped generating the tokens"; "When
+# streaming, content is empty if content filters blocks the output"):
+# https://docs.cloud.google.com/python/docs/reference/vertexai/1.134.0/vertexai.generative_models.FinishReason
+
+
+def no_text(finish_reason: str = "OTHER") -> Reply:
+    """A candidate with a finishReason and no content, as in
+    {"candidates": [{"finishReason": "OTHER", "index": 0}], "usageMetadata": {...}}
+    (reported in google/generative-ai-docs#235; LANGUAGE, MAX_TOKENS alike,
+    BerriAI/litellm#40477)."""
+    return Reply(text="", finish_reason=finish_reason)
+
+
+def no_parts() -> Reply:
+    """finishReason STOP and content {"role": "model"} without parts (BerriAI/litellm#24442,
+    google-gemini/deprecated-generative-ai-python#744, AstrBotDevs/AstrBot#6735)."""
+    return Reply(text="", shape="no_parts")
+
+
+def no_candidates() -> Reply:
+    """Only usageMetadata and modelVersion: no candidates and no promptFeedback (the
+    reference allows "no candidates at all"; livekit/agents#4066 handles it)."""
+    return Reply(text="", shape="no_candidates")
+
+
+def unfinished(chunks: tuple[str, ...] = ("Once ", "upon ")) -> Reply:
+    """A stream whose last chunk carries no finishReason: the model had not stopped."""
+    return Reply(text="".join(chunks), chunks=chunks, finish_reason=None)
+
+
+def blocked_after_text(chunks: tuple[str, ...] = ("Step one: ", "mix "),
+                       reason: str = "SAFETY") -> Reply:
+    """Text, then a filter stops the answer: streamed, the last event carries the
+    finishReason with empty content (FinishReason.SAFETY, reference above); whole,
+    the candidate keeps the text generated so far."""
+    return Reply(text="".join(chunks), chunks=chunks, finish_reason=reason, finish_alone=True)
+
+
+def endless(piece: str = "la " * 300) -> Reply:
+    """An answer that never ends (a broken proxy or model loop): streamed, the same chunk
+    forever; whole, a JSON body whose text never closes."""
+    return Reply(text=piece, chunks=(piece,), finish_reason=None, forever=True)
+
+
+def rejected_field() -> Reply:
+    """A 200 whose JSON the SDK's pydantic models reject (a field of the wrong type), as
+    googleapis/python-genai#2510 and #1016 report for real responses."""
+    body = {"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]},
+                            "finishReason": "STOP", "index": 0,
+                            "citationMetadata": {"citationSources": [{"startIndex": "a"}]}}]}
+    return Reply(body=json.dumps(body).encode())
+
+
+def quota_exhausted(retry_delay_s: float = 37.0, model: str = "gemini-flash-latest") -> Reply:
+    """The 429 the Gemini API sends when a quota is spent: RESOURCE_EXHAUSTED with
+    QuotaFailure, Help and google.rpc.RetryInfo.retryDelay in the body, and no Retry-After
+    header (googleapis/python-genai#2044, browserbase/mcp-server-browserbase#129,
+    dcdpr/jp#1061: "Gemini answers a 429 without a Retry-After header")."""
+    payload = {"error": {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing "
+                   "details. For more information on this error, head to: "
+                   "https://ai.google.dev/gemini-api/docs/rate-limits.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {"@type": "type.googleapis.com/google.rpc.QuotaFailure",
+             "violations": [{
+                 "quotaMetric": "generativelanguage.googleapis.com/"
+                                "generate_content_free_tier_requests",
+                 "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                 "quotaDimensions": {"location": "global", "model": model},
+                 "quotaValue": "10"}]},
+            {"@type": "type.googleapis.com/google.rpc.Help",
+             "links": [{"description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo",
+             "retryDelay": f"{retry_delay_s:g}s"},
+        ]}}
+    return Reply(status=429, body=json.dumps(payload).encode())
 
 
 def hang() -> Reply:
@@ -450,6 +548,8 @@ class FakeGemini:
             return True
         if request.action == "streamGenerateContent":
             return await _stream(writer, request, reply)
+        if reply.forever:
+            return await _endless_body(writer, reply)
         await _send(writer, 200, json.dumps(_response(request, reply, reply.text, True)).encode())
         return True
 
@@ -481,6 +581,10 @@ async def _stream(writer: asyncio.StreamWriter, request: RecordedRequest, reply:
             "Transfer-Encoding: chunked"]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
     events = _stream_events(request, reply)
+    if reply.forever:
+        while True:  # until the client hangs up (ConnectionError ends the connection)
+            await _send_chunk(writer, _sse(events[0]))
+            await asyncio.sleep(reply.chunk_delay_s)  # also lets the loop serve others
     for index, event in enumerate(events if reply.fail_after is None
                                   else events[:reply.fail_after]):
         if index and reply.chunk_delay_s:
@@ -496,6 +600,18 @@ async def _stream(writer: asyncio.StreamWriter, request: RecordedRequest, reply:
     return True
 
 
+async def _endless_body(writer: asyncio.StreamWriter, reply: Reply) -> bool:
+    """A whole answer whose JSON body never ends (chunked): the text grows forever."""
+    head = ["HTTP/1.1 200 OK", "Content-Type: application/json; charset=UTF-8",
+            "Transfer-Encoding: chunked"]
+    writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+    await _send_chunk(writer, b'{"candidates": [{"content": {"role": "model", "parts": [{"text": "')
+    piece = json.dumps(reply.text)[1:-1].encode()
+    while True:  # until the client hangs up
+        await _send_chunk(writer, piece)
+        await asyncio.sleep(reply.chunk_delay_s)
+
+
 def _sse(event: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(event).encode() + b"\r\n\r\n"
 
@@ -509,10 +625,14 @@ def _stream_events(request: RecordedRequest, reply: Reply) -> list[dict[str, Any
     pieces = reply.chunks or _split(reply.text)
     if reply.block_reason is not None or not pieces:
         return [_response(request, reply, "", True)]
-    return [
-        _response(request, reply, piece, last=index == len(pieces) - 1, so_far=pieces[:index + 1])
+    events = [
+        _response(request, reply, piece, last=index == len(pieces) - 1 and not reply.finish_alone,
+                  so_far=pieces[:index + 1])
         for index, piece in enumerate(pieces)
     ]
+    if reply.finish_alone:
+        events.append(_response(request, reply, "", True, so_far=pieces))
+    return events
 
 
 def _split(text: str, parts: int = 3) -> tuple[str, ...]:
@@ -533,9 +653,14 @@ def _response(request: RecordedRequest, reply: Reply, text: str, last: bool,
         return {"promptFeedback": {"blockReason": reply.block_reason, "safetyRatings": []},
                 "usageMetadata": {"promptTokenCount": prompt_tokens,
                                   "totalTokenCount": prompt_tokens}}
+    if reply.shape == "no_candidates":
+        return {"usageMetadata": usage, "modelVersion": request.model,
+                "responseId": "fake-response"}
     candidate: dict[str, Any] = {"index": 0}
     if text:
         candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    elif reply.shape == "no_parts":
+        candidate["content"] = {"role": "model"}
     if last and reply.finish_reason is not None:
         candidate["finishReason"] = reply.finish_reason
     return {"candidates": [candidate], "usageMetadata": usage,

@@ -184,8 +184,12 @@ def test_malformed_bodies_are_malformed_responses() -> None:
     except pydantic.ValidationError as exc:
         validation_error = exc
 
-    for raised in (decode_error, validation_error, genai_errors.UnknownApiResponseError("x")):
+    for raised in (decode_error, genai_errors.UnknownApiResponseError("x")):
         assert isinstance(to_provider_error(raised), MalformedResponse)
+    # JSON the SDK rejects is no network failure: not transient, not retried.
+    rejected = to_provider_error(validation_error)
+    assert rejected is not None
+    assert (rejected.kind, rejected.reason) == (ErrorKind.BAD_RESPONSE, "ValidationError")
 
 
 def test_translate_errors_chains_the_original_exception() -> None:

@@ -21,9 +21,11 @@ from agentd.providers.errors import (
     ErrorKind,
     MalformedResponse,
     NoApiKey,
+    NoText,
     ProviderError,
     ProviderTimeout,
     TransientError,
+    UnexpectedResponse,
 )
 from agentd.providers.gemini import GeminiProvider
 from agentd.providers.settings import ProviderSettings
@@ -256,16 +258,25 @@ def test_safety_block_raises_blocked_with_its_reason(fake_gemini: FakeGemini, re
     assert caught.value.reason in ("SAFETY", "PROHIBITED_CONTENT")
 
 
-@pytest.mark.parametrize("body", [b'{"candidates": [oops', b"[1, 2]", b'{"candidates": "x"}',
-                                  b'{"candidates": [{"content": {"parts": "zz"}}]}', b""],
-                         ids=["not-json", "list", "wrong-type", "invalid-parts", "empty"])
-def test_malformed_body_raises_malformed_response(fake_gemini: FakeGemini, body: bytes) -> None:
+@pytest.mark.parametrize(("body", "error", "kind"), [
+    (b'{"candidates": [oops', MalformedResponse, ErrorKind.TRANSIENT),
+    (b'{"candidates": [{"content": {"parts": "zz"}}]}', UnexpectedResponse,
+     ErrorKind.BAD_RESPONSE),
+    (b"[1, 2]", NoText, ErrorKind.NO_TEXT),
+    (b'{"candidates": "x"}', NoText, ErrorKind.NO_TEXT),
+    (b"", NoText, ErrorKind.NO_TEXT),
+], ids=["not-json", "invalid-parts", "list", "wrong-type", "empty"])
+def test_an_unusable_body_raises_by_what_is_wrong_with_it(
+    fake_gemini: FakeGemini, body: bytes, error: type[ProviderError], kind: ErrorKind
+) -> None:
+    """Not JSON: transient (a proxy broke it). JSON the SDK rejects: a bad response, not
+    retried. JSON the SDK reads as an answer with no candidates: no text."""
     fake_gemini.push(malformed(body))
 
-    with pytest.raises(MalformedResponse) as caught:
+    with pytest.raises(error) as caught:
         asyncio.run(generate(fake_gemini))
 
-    assert caught.value.kind is ErrorKind.TRANSIENT
+    assert caught.value.kind is kind
 
 
 @pytest.mark.parametrize("how", ["disconnect", "error"])

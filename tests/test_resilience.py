@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 
-from agentd.providers.base import Answer, GenerationRequest, Turn
+from agentd.providers.base import Answer, GenerationRequest, Turn, Wait
 from agentd.providers.errors import ErrorKind
 from agentd.providers.gemini import GeminiProvider
 from agentd.providers.resilience import (
     BreakerState,
     CircuitBreaker,
     HealthStatus,
+    KeyCheck,
     KeyStatus,
     ResilientProvider,
 )
@@ -40,6 +41,7 @@ from tests.fake_gemini import (
     malformed,
     not_found,
     prompt_blocked,
+    quota_exhausted,
     rate_limited,
     server_error,
     stream_cut,
@@ -634,3 +636,79 @@ def test_statistics_count_every_outcome(fake_gemini: FakeGemini) -> None:
     assert stats.last_error_kind is ErrorKind.AUTH
 
 
+
+
+# --- quota, waits and named causes -------------------------------------------------------
+
+
+def test_quota_429s_never_open_the_breaker_and_health_says_rate_limited(
+    fake_gemini: FakeGemini,
+) -> None:
+    """Ten quota 429s in a row with a breaker that opens after two failures: closed,
+    and health is degraded (rate-limited), not failed."""
+    fake_gemini.set_default(quota_exhausted(0.5))
+
+    async def scenario(h: Harness) -> tuple[list[Answer], Harness]:
+        return [await h.ask() for _ in range(5)], h
+
+    answers, h = run_with(fake_gemini, scenario, breaker_failure_threshold=2, max_attempts=2)
+
+    assert len(fake_gemini.requests) == 10
+    assert all(a.error_kind == "rate_limited" and "unreachable" not in a.text for a in answers)
+    stats = h.provider.statistics()
+    assert stats.breaker.state is BreakerState.CLOSED and h.transitions == []
+    assert stats.health.status is HealthStatus.DEGRADED and "rate-limited" in stats.health.reason
+
+
+def test_long_waits_are_announced_with_their_cause_and_short_ones_are_not(
+    fake_gemini: FakeGemini,
+) -> None:
+    fake_gemini.push(server_error(503), quota_exhausted(12), answer("ok"))
+    waits: list[Wait] = []
+
+    async def on_wait(wait: Wait) -> None:
+        waits.append(wait)
+
+    async def scenario(h: Harness) -> Answer:
+        return await h.provider.generate(request("hello"), on_wait=on_wait)
+
+    result = run_with(fake_gemini, scenario, backoff_base_s=0.01, backoff_max_s=0.05)
+
+    assert result.text == "ok"
+    assert [(w.seconds, w.model, w.reason) for w in waits] == [
+        (12, PRIMARY, "RESOURCE_EXHAUSTED")]
+    assert "quota" in waits[0].message and "12s" in waits[0].message
+
+
+def test_a_breaker_refusal_names_the_last_failures_cause(fake_gemini: FakeGemini) -> None:
+    async def scenario(h: Harness) -> Answer:
+        await h.ask()
+        return await h.ask()
+
+    port = unused_port()
+    refused = run_with(fake_gemini, scenario, base_url=f"http://127.0.0.1:{port}",
+                       breaker_failure_threshold=1, max_attempts=1)
+
+    assert refused.error_kind == "unavailable"
+    assert "ConnectError" in refused.text
+
+
+def test_check_key_on_a_spent_quota_is_rate_limited_not_unreachable(
+    fake_gemini: FakeGemini,
+) -> None:
+    fake_gemini.push(quota_exhausted(30), action="get")
+
+    async def scenario(h: Harness) -> KeyCheck:
+        return await h.provider.check_key()
+
+    assert run_with(fake_gemini, scenario).status is KeyStatus.RATE_LIMITED
+
+
+def test_a_successful_call_is_remembered_as_evidence(fake_gemini: FakeGemini) -> None:
+    async def scenario(h: Harness) -> tuple[float | None, float | None]:
+        before = h.provider.statistics().last_success_age_s
+        await h.ask()
+        h.clock.advance(7)
+        return before, h.provider.statistics().last_success_age_s
+
+    assert run_with(fake_gemini, scenario) == (None, 7)

@@ -16,6 +16,7 @@ from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, Forbidden, NotFound
 from agentd.ownership import ALL_USERS, note_owner, owner_for
+from agentd.providers.base import Wait
 from agentd.runtime import Runtime
 from agentd.store import sessions
 from agentd.store.sessions import Session
@@ -41,8 +42,17 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     async def send_chunk(text: str) -> None:
         await call.emit("chunk", {"text": text})
 
+    async def send_wait(wait: Wait) -> None:
+        # Streamed or not: a client waiting on a long retry deserves to know why.
+        await call.emit("wait", wait._asdict())
+
     reply = await runtime.chat.chat(
-        session, call.request_id, message, send_chunk if stream else None, peer_uid=call.peer.uid
+        session,
+        call.request_id,
+        message,
+        send_chunk if stream else None,
+        peer_uid=call.peer.uid,
+        on_wait=send_wait,
     )
     return reply.as_dict()
 

@@ -10,7 +10,18 @@ Importing this package does not import google-genai (see gemini.py).
 
 from __future__ import annotations
 
-from agentd.providers.base import Answer, GenerationRequest, OnChunk, Provider, Turn
+from collections.abc import Callable
+
+from agentd.providers.base import (
+    Answer,
+    AnswerStatus,
+    GenerationRequest,
+    OnChunk,
+    OnWait,
+    Provider,
+    Turn,
+    Wait,
+)
 from agentd.providers.context import FittedHistory, estimate_tokens, fit_history
 from agentd.providers.errors import ErrorKind, ProviderError
 from agentd.providers.gemini import GeminiProvider
@@ -29,6 +40,7 @@ from agentd.providers.settings import ProviderSettings
 
 __all__ = [
     "Answer",
+    "AnswerStatus",
     "BreakerState",
     "BreakerStatistics",
     "ErrorKind",
@@ -41,12 +53,14 @@ __all__ = [
     "KeyStatus",
     "OnChunk",
     "OnStateChange",
+    "OnWait",
     "Provider",
     "ProviderError",
     "ProviderSettings",
     "ProviderStatistics",
     "ResilientProvider",
     "Turn",
+    "Wait",
     "create_provider",
     "estimate_tokens",
     "fit_history",
@@ -58,8 +72,12 @@ def create_provider(
     api_key: str | None,
     *,
     on_breaker_change: OnStateChange | None = None,
+    on_health_change: Callable[[], None] | None = None,
 ) -> ResilientProvider:
     """The production provider: Gemini behind the resilience layer, real time and randomness."""
     return ResilientProvider(
-        GeminiProvider(settings, api_key), settings, on_breaker_change=on_breaker_change
+        GeminiProvider(settings, api_key),
+        settings,
+        on_breaker_change=on_breaker_change,
+        on_health_change=on_health_change,
     )

@@ -9,6 +9,7 @@ degraded answers) wraps a provider from the outside: see `resilience.py`.
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -19,6 +20,35 @@ Role = Literal["user", "model"]
 
 OnChunk = Callable[[str], Awaitable[None]]
 """Receives each piece of answer text as it arrives (streaming mode)."""
+
+
+class AnswerStatus(enum.StrEnum):
+    """What an answer is; also the stored status of its model turn.
+
+    Only COMPLETE answers are the model's whole answer (MAX_TOKENS included:
+    the model ended it, at the limit it was given, and says so in a notice).
+    """
+
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"  # the model's text, but not all of it: cut mid-way, no
+    #                            finish reason, stopped early (OTHER...), blocked after text
+    TRUNCATED = "truncated"  # the model's text, cut by agentd at chat.max_answer_bytes
+    EMPTY = "empty"  # the model produced no text; `text` says so and why
+    BLOCKED = "blocked"  # the safety filters refused the prompt or the whole answer
+    DEGRADED = "degraded"  # not from the model: why it could not answer
+
+
+class Wait(NamedTuple):
+    """A pause before the next attempt, announced to the chatting client."""
+
+    seconds: float
+    model: str  # the model to be asked again
+    reason: str  # the cause, e.g. RESOURCE_EXHAUSTED, ConnectError
+    message: str  # one line for a human
+
+
+OnWait = Callable[[Wait], Awaitable[None]]
+"""Told before each long wait between attempts (a quota's retryDelay, a long backoff)."""
 
 
 # The records here (and the daemon's other small records on its path to READY)
@@ -37,20 +67,24 @@ class GenerationRequest(NamedTuple):
 
     `turns` is the fitted history, oldest first, ending with the user's new
     message. `model` None means the provider's configured primary model.
+    `max_answer_bytes`: the answer's text is cut there (UTF-8 bytes) and the
+    rest is not read; None: no limit.
     """
 
     request_id: str
     system_prompt: str
     turns: tuple[Turn, ...]
     model: str | None = None
+    max_answer_bytes: int | None = None
 
 
 class Answer(NamedTuple):
     """The outcome of one request, always an answer the user can read.
 
+    status        what the answer is (AnswerStatus), stored with it.
     degraded      the text is not a complete model answer: a placeholder that
-                  explains why the model could not answer, or a stream that
-                  broke after some text was already delivered.
+                  explains why the model could not answer (degraded, empty),
+                  or the model's text cut short (incomplete, truncated).
     fallback_used the fallback model wrote it.
     attempts      HTTP attempts made, retries and fallback included.
     notice        a one-line note for the user beside the answer (history
@@ -69,6 +103,7 @@ class Answer(NamedTuple):
     attempts: int = 1
     notice: str | None = None
     error_kind: str | None = None
+    status: AnswerStatus = AnswerStatus.COMPLETE
 
 
 class Provider(abc.ABC):

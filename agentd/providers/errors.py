@@ -6,7 +6,10 @@ decides on)::
     ProviderError                   root, an AgentdError; .kind .status .retry_after
     ├── TransientError              transient         5xx, 408, 409, 499, network errors
     │   ├── ProviderTimeout         transient         our timeout or the transport's
-    │   └── MalformedResponse       transient         a body Gemini would never send
+    │   └── MalformedResponse       transient         a body that is not JSON (a broken proxy)
+    ├── UnexpectedResponse          bad_response      JSON the SDK rejects (a malformed field)
+    ├── NoText                      no_text           the model answered with no text at all
+    ├── AnswerTooLarge              too_large         a whole answer's body past its bound
     ├── RateLimited                 rate_limited      429 (.retry_after, seconds or None)
     ├── AuthError                   auth              401, 403, 400 API_KEY_INVALID
     ├── InvalidRequest              invalid_request   other 4xx, an unusable base_url
@@ -20,7 +23,10 @@ decides on)::
 its own `APIError` family for HTTP error statuses, but its network failures
 are raw httpx2 (and, in corners, httpcore2) exceptions, and a malformed body
 surfaces as a JSON or pydantic error; each maps here, by an ordered rule
-table, with `raise ... from exc`. An exception no rule knows (a bug, ours or
+table, with `raise ... from exc`. `.reason` always names the cause: the
+service's ErrorInfo reason or status (RESOURCE_EXHAUSTED), or the vendor
+exception's class (ConnectError), so logs and degraded answers can say more
+than "transient". An exception no rule knows (a bug, ours or
 the SDK's) propagates unchanged: it is not a provider failure to retry.
 tests/test_provider_error_map.py walks httpx2, httpcore2 and
 google.genai.errors and fails if any of their exception classes is unmapped.
@@ -54,6 +60,9 @@ class ErrorKind(enum.StrEnum):
     BLOCKED = "blocked"
     UNAVAILABLE = "unavailable"
     NO_KEY = "no_key"
+    NO_TEXT = "no_text"
+    TOO_LARGE = "too_large"
+    BAD_RESPONSE = "bad_response"
 
 
 class ProviderError(AgentdError):
@@ -86,6 +95,28 @@ class ProviderTimeout(TransientError):
 
 class MalformedResponse(TransientError):
     pass
+
+
+class UnexpectedResponse(ProviderError):
+    """The SDK refused one response while validating it (pydantic).
+
+    Not transient: the service answered, and asking again costs quota for
+    what is most likely the same shape (googleapis/python-genai#2510).
+    """
+
+    kind = ErrorKind.BAD_RESPONSE
+
+
+class NoText(ProviderError):
+    """The model answered but produced no text; `.reason` says why (e.g. OTHER, NO_CANDIDATES)."""
+
+    kind = ErrorKind.NO_TEXT
+
+
+class AnswerTooLarge(ProviderError):
+    """A non-streamed answer's HTTP body grew past its bound (body_limit.py): not read whole."""
+
+    kind = ErrorKind.TOO_LARGE
 
 
 class RateLimited(ProviderError):
@@ -226,7 +257,7 @@ def _from_api_error(exc: Any) -> ProviderError:
     return error_for_status(
         int(exc.code or 0),
         str(exc.message or exc.status or ""),
-        reason=reason,
+        reason=reason or (str(exc.status) if exc.status else None),
         retry_after=retry_after,
     )
 
@@ -281,7 +312,7 @@ def _from_continuation(exc: BaseException) -> ProviderError:
     """The SDK gave up resuming a stream; its __cause__ says why."""
     cause = exc.__cause__
     mapped = to_provider_error(cause) if cause is not None else None
-    return mapped or TransientError("the answer stream was interrupted")
+    return mapped or TransientError("the answer stream was interrupted", reason=type(exc).__name__)
 
 
 # --- the table -------------------------------------------------------------
@@ -289,7 +320,8 @@ def _from_continuation(exc: BaseException) -> ProviderError:
 
 def _always(cls: type[ProviderError], message: str) -> Callable[[Any], ProviderError]:
     def translate(exc: Any) -> ProviderError:
-        return cls(f"{message} ({type(exc).__name__})")
+        cause = type(exc).__name__
+        return cls(f"{message} ({cause})", reason=cause)
 
     return translate
 
@@ -394,7 +426,7 @@ def _python_rules() -> list[Rule]:
         Rule(UnicodeDecodeError, _always(MalformedResponse, "the service sent invalid UTF-8")),
         Rule(
             pydantic.ValidationError,
-            _always(MalformedResponse, "the service sent an unexpected body"),
+            _always(UnexpectedResponse, "the service sent a response the SDK rejects"),
         ),
         # Library warnings (httpx2's deprecations, genai's ExperimentalWarning)
         # are only raised when a warnings filter says "error": a setup

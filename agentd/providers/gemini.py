@@ -16,14 +16,22 @@ the first request. Without an API key the SDK is never loaded at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from agentd.providers.base import Answer, GenerationRequest, OnChunk, Provider, Turn
-from agentd.providers.errors import Blocked, MalformedResponse, NoApiKey, translate_errors
+from agentd.providers.base import Answer, AnswerStatus, GenerationRequest, OnChunk, Provider, Turn
+from agentd.providers.errors import (
+    Blocked,
+    MalformedResponse,
+    NoApiKey,
+    NoText,
+    ProviderError,
+    translate_errors,
+)
 from agentd.providers.settings import ProviderSettings
 
 if TYPE_CHECKING:
@@ -83,13 +91,15 @@ class GeminiProvider(Provider):
         model = request.model or self._settings.model
         contents = _contents(request.turns)
         config = _config(self._settings, request.system_prompt)
+        reading = _Reading(request.max_answer_bytes)
         if on_chunk is None:
-            with translate_errors():
+            with translate_errors(), _body_bound(request.max_answer_bytes):
                 response = await client.aio.models.generate_content(
                     model=model, contents=contents, config=config
                 )
-            return _answer(model, _read_response(response), response.usage_metadata)
-        return await self._stream(client, model, contents, config, on_chunk)
+            reading.add(response)
+            return reading.answer(model)
+        return await self._stream(client, model, contents, config, reading, on_chunk)
 
     async def probe(self, model: str) -> None:
         """GET models/{model}: cheap, authenticated, and generates nothing."""
@@ -109,30 +119,30 @@ class GeminiProvider(Provider):
         model: str,
         contents: list[types.Content],
         config: types.GenerateContentConfig,
+        reading: _Reading,
         on_chunk: OnChunk,
     ) -> Answer:
-        pieces: list[str] = []
-        last: types.GenerateContentResponse | None = None
-        usage: types.GenerateContentResponseUsageMetadata | None = None
         with translate_errors():
             stream = await client.aio.models.generate_content_stream(
                 model=model, contents=contents, config=config
             )
         try:
             while (chunk := await _next_chunk(stream)) is not None:
-                last, usage = chunk, chunk.usage_metadata or usage
-                text = _read_chunk(chunk)
+                text = reading.add(chunk)
                 if text:
-                    pieces.append(text)
                     # Outside translate_errors on purpose: a consumer failing
                     # (its client went away) is not a provider failure to retry.
                     await on_chunk(text)
+                if reading.truncated:
+                    break  # the rest is never read: the stream is closed below
         except BaseException:
             await _close_quietly(stream)
             raise
-        if last is None:
+        if reading.truncated:
+            await _close_quietly(stream)
+        if not reading.events:
             raise MalformedResponse("the answer stream ended without any event")
-        return _answer(model, ("".join(pieces), _notice_for(last)), usage)
+        return reading.answer(model)
 
     async def _require_client(self) -> genai.Client:
         if not self._api_key:
@@ -146,6 +156,22 @@ class GeminiProvider(Provider):
         return self._client
 
 
+@contextlib.contextmanager
+def _body_bound(max_answer_bytes: int | None) -> Iterator[None]:
+    """Bound the HTTP body of the whole answer read inside the block (body_limit.py)."""
+    if max_answer_bytes is None:
+        yield
+        return
+    # Loaded with the client already (see _build_client): no import cost here.
+    from agentd.providers.body_limit import BODY_LIMIT, body_limit_for
+
+    token = BODY_LIMIT.set(body_limit_for(max_answer_bytes))
+    try:
+        yield
+    finally:
+        BODY_LIMIT.reset(token)
+
+
 def _build_client(
     settings: ProviderSettings, api_key: str, tls: ssl.SSLContext | None
 ) -> genai.Client:
@@ -154,6 +180,8 @@ def _build_client(
     import httpx2
     from google import genai
     from google.genai import types
+
+    from agentd.providers.body_limit import bound_body
 
     if tls is None:
         # The context the SDK would build for its HTTP client, built here so that
@@ -170,7 +198,11 @@ def _build_client(
         retry_options=types.HttpRetryOptions(attempts=1),
         # httpx2 takes the context as `verify`; `ssl` is the SDK's websocket one.
         client_args={"verify": tls},
-        async_client_args={"verify": tls, "ssl": tls},
+        async_client_args={
+            "verify": tls,
+            "ssl": tls,
+            "event_hooks": {"response": [bound_body]},
+        },
     )
     client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
     logger.info(
@@ -210,8 +242,9 @@ async def _next_chunk(
 async def _close_quietly(stream: AsyncIterator[Any]) -> None:
     """Close an abandoned stream now, releasing its connection.
 
-    Called while another exception is on its way out: a failure to close must
-    not replace it (least of all a CancelledError), so it is only logged.
+    Called when the answer was cut at its size limit, or while another
+    exception is on its way out: a failure to close must not replace it (least
+    of all a CancelledError), so it is only logged.
     """
     close = getattr(stream, "aclose", None)
     if close is None:
@@ -222,30 +255,126 @@ async def _close_quietly(stream: AsyncIterator[Any]) -> None:
         logger.debug("closing an abandoned answer stream failed", exc_info=True)
 
 
-def _read_response(response: types.GenerateContentResponse) -> tuple[str, str | None]:
-    """(text, notice) of a whole response; raises Blocked or MalformedResponse."""
-    _raise_if_blocked(response)
-    if not response.candidates:
-        raise MalformedResponse("the response has neither candidates nor a block reason")
-    candidate = response.candidates[0]
-    if candidate.content is None and candidate.finish_reason is None:
-        raise MalformedResponse("the response's candidate has neither content nor an end")
-    return _text_of(response), _notice_for(response)
+class _Reading:
+    """One answer as it arrives, a whole response or stream chunks, read by one set of rules.
+
+    The same rules for both modes, so a streamed and a non-streamed answer end
+    with the same status and notice:
+
+        prompt blocked (promptFeedback.blockReason) ───────────▶ Blocked
+        no text at all: blocking finish reason ──────────────────▶ Blocked
+                        any other end, no candidates, no parts ──▶ NoText (why)
+        text, then STOP ─────────────────────────────────────────▶ complete
+        text, then MAX_TOKENS ───────────────────────────────────▶ complete, noticed
+        text, then a block (SAFETY...) or another reason (OTHER,
+          LANGUAGE...), or no finish reason at all ──────────────▶ incomplete, noticed
+        text past max_answer_bytes ──────────────────────────────▶ truncated: cut there
+
+    Shapes, from the API reference and public reports (tests/fake_gemini.py
+    cites each): a candidate may carry a finishReason and no content (OTHER,
+    MAX_TOKENS, SAFETY); content may have no parts; a response may have no
+    candidates; a stream's last chunk carries the finishReason, and a stream
+    without one was cut.
+    """
+
+    def __init__(self, max_bytes: int | None) -> None:
+        self._max_bytes = max_bytes
+        self._pieces: list[str] = []
+        self._size = 0  # UTF-8 bytes kept
+        self.events = 0
+        self.truncated = False
+        self._candidates = False  # any response had a candidate
+        self._finish: str | None = None
+        self._usage: types.GenerateContentResponseUsageMetadata | None = None
+
+    def add(self, response: types.GenerateContentResponse) -> str:
+        """Take one response or chunk; the text to pass on (cut at the limit)."""
+        self.events += 1
+        self._usage = response.usage_metadata or self._usage
+        feedback = response.prompt_feedback
+        if feedback is not None and feedback.block_reason is not None:
+            block_reason = _enum_name(feedback.block_reason)
+            raise Blocked(f"the prompt was blocked ({block_reason})", reason=block_reason)
+        if response.candidates:
+            self._candidates = True
+            finish = _finish_reason(response)
+            self._finish = finish or self._finish
+        return self._keep(_text_of(response))
+
+    def _keep(self, text: str) -> str:
+        if not text or self.truncated:
+            return ""
+        encoded = text.encode()
+        if self._max_bytes is not None and self._size + len(encoded) > self._max_bytes:
+            # Cut on a character boundary: "ignore" drops a partial last character.
+            text = encoded[: self._max_bytes - self._size].decode("utf-8", "ignore")
+            encoded = text.encode()
+            self.truncated = True
+        self._size += len(encoded)
+        if text:
+            self._pieces.append(text)
+        return text
+
+    def answer(self, model: str) -> Answer:
+        """The answer read so far; raises Blocked or NoText when there is no text."""
+        text = "".join(self._pieces)
+        if not text:
+            raise self._no_text_error()
+        status, notice = self._verdict()
+        tokens_in, tokens_out = _token_counts(self._usage)
+        return Answer(
+            text=text,
+            model=model,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            notice=notice,
+            status=status,
+            degraded=status is not AnswerStatus.COMPLETE,
+        )
+
+    def _verdict(self) -> tuple[AnswerStatus, str | None]:
+        finish = self._finish
+        if self.truncated:
+            return AnswerStatus.TRUNCATED, (
+                f"The answer was cut at {self._max_bytes} bytes (chat.max_answer_bytes); "
+                "the rest was not read."
+            )
+        if finish == "STOP":
+            return AnswerStatus.COMPLETE, None
+        if finish == "MAX_TOKENS":
+            return AnswerStatus.COMPLETE, _MAX_TOKENS_NOTICE
+        if finish is None:
+            return AnswerStatus.INCOMPLETE, (
+                "The answer ended without a finish reason: the model's text may be incomplete."
+            )
+        if finish in _BLOCKING_FINISH_REASONS:
+            return AnswerStatus.INCOMPLETE, (
+                f"The answer was cut off: the rest was withheld by Gemini's filters ({finish})."
+            )
+        return AnswerStatus.INCOMPLETE, (
+            f"The answer was cut off: the model stopped early (finish reason {finish})."
+        )
+
+    def _no_text_error(self) -> ProviderError:
+        finish = self._finish
+        if finish in _BLOCKING_FINISH_REASONS:
+            return Blocked(f"the answer was blocked ({finish})", reason=finish)
+        if not self._candidates:
+            return NoText("the response had no candidates", reason="NO_CANDIDATES")
+        if finish is None:
+            return NoText("the answer ended without any text or finish reason", reason="NO_FINISH")
+        if finish == "STOP":
+            return NoText("the answer had no text parts (finish reason STOP)", reason="STOP")
+        return NoText(f"finish reason {finish}{_FINISH_HINTS.get(finish, '')}", reason=finish)
 
 
-def _read_chunk(chunk: types.GenerateContentResponse) -> str:
-    _raise_if_blocked(chunk)
-    return _text_of(chunk)
-
-
-def _raise_if_blocked(response: types.GenerateContentResponse) -> None:
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason is not None:
-        block_reason = _enum_name(feedback.block_reason)
-        raise Blocked(f"the prompt was blocked ({block_reason})", reason=block_reason)
-    finish_reason = _finish_reason(response)
-    if finish_reason in _BLOCKING_FINISH_REASONS:
-        raise Blocked(f"the answer was blocked ({finish_reason})", reason=finish_reason)
+# Why a finish reason came with no text, for the user (FinishReason, API reference).
+_FINISH_HINTS = {
+    "MAX_TOKENS": ": the output limit was reached before any text (thinking may have used it)",
+    "LANGUAGE": ": the prompt's language is not supported",
+    "OTHER": ": the service gave no reason",
+    "MALFORMED_FUNCTION_CALL": ": the model produced an invalid function call",
+}
 
 
 def _text_of(response: types.GenerateContentResponse) -> str:
@@ -256,10 +385,6 @@ def _text_of(response: types.GenerateContentResponse) -> str:
     return "".join(part.text for part in parts if part.text and not part.thought)
 
 
-def _notice_for(response: types.GenerateContentResponse) -> str | None:
-    return _MAX_TOKENS_NOTICE if _finish_reason(response) == "MAX_TOKENS" else None
-
-
 def _finish_reason(response: types.GenerateContentResponse) -> str | None:
     if not response.candidates or response.candidates[0].finish_reason is None:
         return None
@@ -268,16 +393,6 @@ def _finish_reason(response: types.GenerateContentResponse) -> str | None:
 
 def _enum_name(value: object) -> str:
     return str(getattr(value, "value", value))
-
-
-def _answer(
-    model: str,
-    text_and_notice: tuple[str, str | None],
-    usage: types.GenerateContentResponseUsageMetadata | None,
-) -> Answer:
-    text, notice = text_and_notice
-    tokens_in, tokens_out = _token_counts(usage)
-    return Answer(text=text, model=model, tokens_in=tokens_in, tokens_out=tokens_out, notice=notice)
 
 
 def _token_counts(usage: types.GenerateContentResponseUsageMetadata | None) -> tuple[int, int]:

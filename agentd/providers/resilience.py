@@ -10,23 +10,29 @@ one request::
         one attempt: attempt timeout, capped by the deadline
           ok ───────────────────────────────────────────▶ the answer
           context too long (once per request) ──▶ drop the oldest turns, try again
-          transient, rate limited ──▶ sleep: Retry-After if given, else backoff
-                                      with full jitter; up to max_attempts, and
-                                      never past the deadline; then next model
+          transient, rate limited ──▶ sleep: Retry-After (or the body's RetryInfo)
+                                      if given, else backoff with full jitter; up
+                                      to max_attempts, and never past the
+                                      deadline; then next model. A wait of 1s or
+                                      more is announced through on_wait.
           blocked by safety filters ────────────────────▶ "blocked" answer
+          no text (finish reason OTHER, no parts...) ───▶ "empty" answer saying why
           not found (model name) ──▶ next model
-          auth, invalid request ──▶ stop
+          auth, invalid request, a response the SDK rejects ──▶ stop
     ────────────────────────────────────────────────────▶ degraded answer naming the cause
 
 The fallback model keeps one attempt's worth of the deadline: the primary
 may not spend it. Every attempt's outcome feeds the circuit breaker: a
-transient, rate-limited or auth failure counts; any answer from the service
-(even "blocked" or "bad request") proves it works and resets the count.
+transient or auth failure counts; any answer from the service (even
+"blocked", "bad request" or a quota's 429) proves it is up and resets the
+count. A 429 is the service saying "not now" about this key's quota, not an
+outage: it is retried after the delay the service asks for, but never
+opens the breaker (which would put the daemon in ERROR).
 
 Streaming: retries and fallback happen only while nothing has been passed
 to on_chunk. Once text went out, a retry would repeat or contradict what the
 user already read, so a failure then ends the answer with the text that
-arrived, `degraded=True`, and a notice saying it was cut off. For a stream,
+arrived, status incomplete, and a notice saying it was cut off and why. For a stream,
 the attempt timeout is the longest allowed silence (to the first chunk and
 between chunks); the deadline still caps the whole answer. When on_chunk is
 given, the chunks it received always add up to Answer.text: degraded and
@@ -49,7 +55,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
-from agentd.providers.base import Answer, GenerationRequest, OnChunk, Provider
+from agentd.providers.base import (
+    Answer,
+    AnswerStatus,
+    GenerationRequest,
+    OnChunk,
+    OnWait,
+    Provider,
+    Wait,
+)
 from agentd.providers.context import estimate_tokens, estimate_turn, fit_history
 from agentd.providers.errors import (
     CircuitOpen,
@@ -70,8 +84,16 @@ Sleep = Callable[[float], Awaitable[None]]
 _RETRYABLE = frozenset({ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED})
 _FALLBACK_ON = frozenset({ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED, ErrorKind.NOT_FOUND})
 # Failures that say the service (or our key) is unwell, as opposed to the request.
-_BREAKER_COUNTS = frozenset({ErrorKind.TRANSIENT, ErrorKind.RATE_LIMITED, ErrorKind.AUTH})
-_HEALTH_KINDS = _BREAKER_COUNTS | {ErrorKind.NOT_FOUND, ErrorKind.UNAVAILABLE, ErrorKind.NO_KEY}
+# Not RATE_LIMITED: a quota's 429 proves the service is up (see the module docstring).
+_BREAKER_COUNTS = frozenset({ErrorKind.TRANSIENT, ErrorKind.AUTH})
+_HEALTH_KINDS = _BREAKER_COUNTS | {
+    ErrorKind.RATE_LIMITED,
+    ErrorKind.NOT_FOUND,
+    ErrorKind.UNAVAILABLE,
+    ErrorKind.NO_KEY,
+}
+# Waits between attempts this long or longer are announced to the client (on_wait).
+ANNOUNCED_WAIT_S = 1.0
 
 
 # --- circuit breaker -------------------------------------------------------
@@ -96,6 +118,7 @@ class BreakerStatistics(NamedTuple):
     opened_at: float | None  # clock time of the latest opening
     cooldown_remaining_s: float  # 0 unless open
     last_failure_kind: ErrorKind | None
+    last_failure_reason: str | None = None  # its cause, e.g. ConnectError
 
 
 class CircuitBreaker:
@@ -110,7 +133,7 @@ class CircuitBreaker:
         except BaseException:
             breaker.release()             # no verdict (cancelled)
             raise
-        breaker.record_success()          # or record_failure(kind)
+        breaker.record_success()          # or record_failure(kind, reason)
 
     `on_state_change(old, new)` runs synchronously on every transition.
     """
@@ -133,6 +156,7 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._trial_in_flight = False
         self._last_failure_kind: ErrorKind | None = None
+        self._last_failure_reason: str | None = None
 
     @property
     def state(self) -> BreakerState:
@@ -147,7 +171,7 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN and not self._trial_in_flight:
             self._trial_in_flight = True
             return
-        raise CircuitOpen(self._refusal_message())
+        raise CircuitOpen(self._refusal_message(), reason=self._last_failure_reason)
 
     def record_success(self) -> None:
         self._trial_in_flight = False
@@ -157,10 +181,11 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN:
             self._move_to(BreakerState.CLOSED)
 
-    def record_failure(self, kind: ErrorKind) -> None:
+    def record_failure(self, kind: ErrorKind, reason: str | None = None) -> None:
         self._trial_in_flight = False
         self._consecutive_failures += 1
         self._last_failure_kind = kind
+        self._last_failure_reason = reason
         tripped = self._state is BreakerState.HALF_OPEN or (
             self._state is BreakerState.CLOSED and self._consecutive_failures >= self._threshold
         )
@@ -182,7 +207,12 @@ class CircuitBreaker:
             opened_at=self._opened_at,
             cooldown_remaining_s=max(0.0, self._cooldown_remaining()),
             last_failure_kind=self._last_failure_kind,
+            last_failure_reason=self._last_failure_reason,
         )
+
+    def last_failure(self) -> str:
+        """The latest failure's kind and cause, e.g. "transient: ConnectError"."""
+        return _kind_and_reason(self._last_failure_kind, self._last_failure_reason)
 
     def _cooldown_remaining(self) -> float:
         if self._state is not BreakerState.OPEN or self._opened_at is None:
@@ -190,7 +220,7 @@ class CircuitBreaker:
         return self._opened_at + self._cooldown_s - self._clock()
 
     def _refusal_message(self) -> str:
-        kind = self._last_failure_kind or "unknown"
+        kind = self.last_failure()
         if self._state is BreakerState.HALF_OPEN:
             return f"a trial call is checking whether the service is back (last failure: {kind})"
         return (
@@ -243,6 +273,9 @@ class ProviderStatistics(NamedTuple):
     last_error_kind: ErrorKind | None
     breaker: BreakerStatistics
     health: Health
+    # Seconds since the service last proved to work (an answer, a passing key
+    # check), None if it never did: evidence newer than a failed key check.
+    last_success_age_s: float | None = None
 
 
 class KeyStatus(enum.StrEnum):
@@ -250,6 +283,7 @@ class KeyStatus(enum.StrEnum):
     MISSING = "missing"
     REJECTED = "rejected"
     UNREACHABLE = "unreachable"
+    RATE_LIMITED = "rate_limited"  # the key works; its quota is spent for now
     MISCONFIGURED = "misconfigured"  # the key works, the [gemini] settings do not
 
 
@@ -291,8 +325,11 @@ class _Call:
     relay: _Relay | None
     started: float
     deadline_at: float
+    on_wait: OnWait | None = None
     attempts: int = 0
     trim_notice: str | None = None
+    primary_failure: str | None = None  # why the primary model did not answer
+    reason: str | None = None  # the cause behind a fallback or a failure, for the log
 
     @property
     def delivered(self) -> bool:
@@ -311,7 +348,10 @@ class ResilientProvider(Provider):
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         on_breaker_change: OnStateChange | None = None,
+        on_health_change: Callable[[], None] | None = None,
     ) -> None:
+        """`on_health_change()` runs synchronously whenever `statistics().health`
+        may have changed: the daemon re-reports its gemini component at once."""
         self._inner = inner
         self._settings = settings
         self._clock = clock
@@ -328,22 +368,35 @@ class ResilientProvider(Provider):
         self._last_error_kind: ErrorKind | None = None
         self._health_problem: ProviderError | None = None  # the latest service-side failure
         self._fallback_active = False  # the latest model answer came from the fallback
+        self._fallback_why: str | None = None  # why the primary did not answer then
+        self._last_success_at: float | None = None
+        self._on_health_change = on_health_change
+        self._reported_health: Health | None = None
+        self._failed_since_success = False
 
     # -- the Provider interface
 
-    async def generate(self, request: GenerationRequest, on_chunk: OnChunk | None = None) -> Answer:
+    async def generate(
+        self,
+        request: GenerationRequest,
+        on_chunk: OnChunk | None = None,
+        *,
+        on_wait: OnWait | None = None,
+    ) -> Answer:
+        """Provider.generate, plus `on_wait`: told before each long wait between attempts."""
         now = self._clock()
         call = _Call(
             request=request._replace(model=request.model or self._settings.model),
             relay=_Relay(on_chunk) if on_chunk is not None else None,
             started=now,
             deadline_at=now + self._settings.deadline_s,
+            on_wait=on_wait,
         )
         self._counts["requests"] += 1
         answer = await self._run(call)
         if call.relay is not None and not call.relay.delivered and answer.text:
             await call.relay.deliver(answer.text)
-        self._log_outcome(call, answer)
+        self._log_outcome(call, answer, call.reason)
         return answer
 
     def configuration_problem(self) -> ProviderError | None:
@@ -392,6 +445,11 @@ class ResilientProvider(Provider):
             last_error_kind=self._last_error_kind,
             breaker=self._breaker.statistics(),
             health=self._health(),
+            last_success_age_s=(
+                None
+                if self._last_success_at is None
+                else max(0.0, self._clock() - self._last_success_at)
+            ),
         )
 
     # -- one request
@@ -418,6 +476,9 @@ class ResilientProvider(Provider):
                 error = exc
                 if call.delivered or exc.kind not in _FALLBACK_ON:
                     break
+                if index == 0:
+                    call.primary_failure = _failure_of(model, exc)
+                    call.reason = exc.reason or str(exc.kind)
                 continue
             return self._answered(call, answer, fallback_used=index > 0)
         assert error is not None  # the loop ran at least once and did not return
@@ -452,9 +513,15 @@ class ResilientProvider(Provider):
                     "retrying %s in %.2fs after %s",
                     model,
                     delay,
-                    exc.kind,
-                    extra={**self._extra(call, model), "delay_s": round(delay, 3)},
+                    _kind_and_reason(exc.kind, exc.reason),
+                    extra={
+                        **self._extra(call, model),
+                        "delay_s": round(delay, 3),
+                        "error_kind": str(exc.kind),
+                        "reason": exc.reason,
+                    },
                 )
+                await self._announce_wait(call, model, exc, delay)
                 await self._sleep(delay)
 
     def _retry_delay(self, exc: ProviderError, failures: int, stop_at: float) -> float | None:
@@ -469,6 +536,18 @@ class ResilientProvider(Provider):
         # Waiting past the deadline (Retry-After included) only delays the
         # inevitable; stop here and let the fallback or a degraded answer go.
         return delay if self._clock() + delay < stop_at else None
+
+    async def _announce_wait(
+        self, call: _Call, model: str, exc: ProviderError, delay: float
+    ) -> None:
+        if call.on_wait is None or delay < ANNOUNCED_WAIT_S:
+            return
+        if exc.kind is ErrorKind.RATE_LIMITED:
+            why = "Gemini's quota for this API key is exhausted for now"
+        else:
+            why = f"{model} failed ({exc})"
+        message = f"{why}; asking {model} again in {delay:.0f}s"
+        await call.on_wait(Wait(delay, model, exc.reason or str(exc.kind), message))
 
     def _jitter(self, ceiling: float) -> float:
         """Full jitter: uniform in [0, ceiling]."""
@@ -528,14 +607,14 @@ class ResilientProvider(Provider):
     def _attempt_failed(self, call: _Call, model: str, exc: ProviderError) -> None:
         self._count_error(exc)
         if exc.kind in _BREAKER_COUNTS:
-            self._breaker.record_failure(exc.kind)
+            self._breaker.record_failure(exc.kind, exc.reason)
         else:
             self._breaker.record_success()  # the service answered; the request was the problem
         logger.warning(
             "attempt %d on %s failed: %s",
             call.attempts,
             model,
-            exc.kind,
+            _kind_and_reason(exc.kind, exc.reason),
             extra={
                 **self._extra(call, model),
                 "error_kind": str(exc.kind),
@@ -566,49 +645,63 @@ class ResilientProvider(Provider):
 
     def _answered(self, call: _Call, answer: Answer, *, fallback_used: bool) -> Answer:
         self._counts["answered"] += 1
+        if answer.degraded:
+            self._counts["degraded"] += 1
         self._fallback_active = fallback_used
+        self._fallback_why = call.primary_failure if fallback_used else None
         self._note_health(None)
-        notice = _join(
-            call.trim_notice,
-            answer.notice,
-            f"Answered by the fallback model {answer.model}." if fallback_used else None,
-        )
+        fallback_note = None
+        if fallback_used:
+            fallback_note = f"Answered by the fallback model {answer.model}"
+            fallback_note += f": {call.primary_failure}." if call.primary_failure else "."
+        notice = _join(call.trim_notice, answer.notice, fallback_note)
         return answer._replace(attempts=call.attempts, fallback_used=fallback_used, notice=notice)
 
     def _failed(self, call: _Call, model: str, error: ProviderError) -> Answer:
+        call.reason = error.reason or str(error.kind)
         if call.delivered:
             return self._cut_off(call, model, error)
         if error.kind is ErrorKind.BLOCKED:
             self._counts["blocked"] += 1
-            return Answer(
-                text=_blocked_text(error),
-                model=model,
-                attempts=call.attempts,
-                notice=call.trim_notice,
-                error_kind=str(error.kind),
+            return self._placeholder(call, model, error, AnswerStatus.BLOCKED, _blocked_text(error))
+        if error.kind is ErrorKind.NO_TEXT:
+            self._counts["degraded"] += 1
+            self._note_health(None)  # the service works; this answer had no text
+            text = (
+                f"[no answer] The model {model} produced no text: {error}. "
+                "Asking again or rephrasing may help."
             )
+            return self._placeholder(call, model, error, AnswerStatus.EMPTY, text)
         self._note_health(error)
         return self._degraded(call, model, error)
 
     def _degraded(self, call: _Call, model: str, error: ProviderError) -> Answer:
         self._counts["degraded"] += 1
+        text = degraded_text(error, model)
+        return self._placeholder(call, model, error, AnswerStatus.DEGRADED, text)
+
+    def _placeholder(
+        self, call: _Call, model: str, error: ProviderError, status: AnswerStatus, text: str
+    ) -> Answer:
+        """Our text in place of the model's, saying why it is not the model's answer."""
         return Answer(
-            text=degraded_text(error, self._settings),
+            text=text,
             model=model,
-            degraded=True,
+            degraded=status is not AnswerStatus.BLOCKED,
             attempts=call.attempts,
             notice=call.trim_notice,
             error_kind=str(error.kind),
+            status=status,
         )
 
     def _cut_off(self, call: _Call, model: str, error: ProviderError) -> Answer:
-        """A stream broke after text went out: keep what the user already has."""
+        """A stream broke after text went out: keep the model's text the user already has."""
         self._counts["degraded"] += 1
         self._note_health(error)
         why = (
-            "the rest was withheld by the safety filters"
+            f"the rest was withheld by Gemini's filters ({error.reason})"
             if error.kind is ErrorKind.BLOCKED
-            else f"the model stopped answering ({error})"
+            else f"the stream broke ({error})"
         )
         assert call.relay is not None
         return Answer(
@@ -618,6 +711,7 @@ class ResilientProvider(Provider):
             attempts=call.attempts,
             notice=_join(call.trim_notice, f"The answer was cut off: {why}."),
             error_kind=str(error.kind),
+            status=AnswerStatus.INCOMPLETE,
         )
 
     # -- bookkeeping
@@ -628,8 +722,24 @@ class ResilientProvider(Provider):
 
     def _note_health(self, error: ProviderError | None) -> None:
         """Remember the latest service-side failure (None: the service just worked)."""
+        # A success is news after any failure (a failed key check, say), even one
+        # that left the live verdict alone; otherwise only a changed verdict is.
+        news = error is not None or self._failed_since_success
+        self._failed_since_success = error is not None
+        if error is None:
+            self._last_success_at = self._clock()
         if error is None or error.kind in _HEALTH_KINDS:
             self._health_problem = error
+        self._tell_health(news)
+
+    def _tell_health(self, news: bool) -> None:
+        """Call on_health_change when there is news, or the verdict changed."""
+        if self._on_health_change is None:
+            return
+        health = self._health()
+        if news or health != self._reported_health:
+            self._reported_health = health
+            self._on_health_change()
 
     def _health(self) -> Health:
         problem = self._inner.configuration_problem()
@@ -641,7 +751,7 @@ class ResilientProvider(Provider):
             return Health(
                 HealthStatus.FAILED,
                 f"circuit breaker open: {breaker.consecutive_failures} consecutive"
-                f" failures (last: {breaker.last_failure_kind})",
+                f" failures (last: {self._breaker.last_failure()})",
             )
         if latest is not None and latest.kind is ErrorKind.AUTH:
             return Health(HealthStatus.FAILED, "API key rejected")
@@ -649,11 +759,19 @@ class ResilientProvider(Provider):
             return Health(HealthStatus.FAILED, f"model not found: {latest.message}")
         if breaker.state is BreakerState.HALF_OPEN:
             return Health(HealthStatus.DEGRADED, "circuit breaker half-open: trial call pending")
-        if latest is not None:
-            return Health(HealthStatus.DEGRADED, f"recent failure: {latest.kind}")
-        if self._fallback_active:
+        if latest is not None and latest.kind is ErrorKind.RATE_LIMITED:
             return Health(
-                HealthStatus.DEGRADED, "the primary model is failing; the fallback model answers"
+                HealthStatus.DEGRADED, "rate-limited: Gemini's quota for this key is exhausted"
+            )
+        if latest is not None:
+            return Health(
+                HealthStatus.DEGRADED,
+                f"recent failure: {_kind_and_reason(latest.kind, latest.reason)}",
+            )
+        if self._fallback_active:
+            why = f" ({self._fallback_why})" if self._fallback_why else ""
+            return Health(
+                HealthStatus.DEGRADED, f"the fallback model answers; the primary is failing{why}"
             )
         return Health(HealthStatus.OK, "ok")
 
@@ -679,7 +797,7 @@ class ResilientProvider(Provider):
             error = None
         if counted:
             if error is not None and error.kind in _BREAKER_COUNTS:
-                self._breaker.record_failure(error.kind)
+                self._breaker.record_failure(error.kind, error.reason)
             else:
                 self._breaker.record_success()
         return error
@@ -687,26 +805,27 @@ class ResilientProvider(Provider):
     def _extra(self, call: _Call, model: str) -> dict[str, object]:
         return {"request_id": call.request.request_id, "model": model, "attempt": call.attempts}
 
-    def _log_outcome(self, call: _Call, answer: Answer) -> None:
+    def _log_outcome(self, call: _Call, answer: Answer, reason: str | None) -> None:
         outcome = (
-            "degraded"
-            if answer.degraded
-            else "blocked"
-            if answer.error_kind
-            else "fallback"
-            if answer.fallback_used
+            "fallback"
+            if answer.status is AnswerStatus.COMPLETE and answer.fallback_used
             else "ok"
+            if answer.status is AnswerStatus.COMPLETE
+            else str(answer.status)
         )
         logger.info(
-            "request %s: %s from %s after %d attempt(s)",
+            "request %s: %s from %s after %d attempt(s)%s",
             call.request.request_id,
             outcome,
             answer.model,
             answer.attempts,
+            f" ({reason})" if reason else "",
             extra={
                 **self._extra(call, answer.model),
                 "outcome": outcome,
+                "status": str(answer.status),
                 "error_kind": answer.error_kind,
+                "reason": reason,
                 "attempts": answer.attempts,
                 "elapsed_ms": round((self._clock() - call.started) * 1000),
                 "tokens_in": answer.tokens_in,
@@ -719,8 +838,8 @@ class ResilientProvider(Provider):
 # --- texts for the user --------------------------------------------------------
 
 
-def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
-    """What the user reads instead of a model answer, and what to do about it."""
+def degraded_text(error: ProviderError, model: str) -> str:
+    """What the user reads instead of a model answer: the cause, and what to do about it."""
     kind = error.kind
     if kind is ErrorKind.NO_KEY:
         return f"[degraded] {error}"
@@ -736,11 +855,15 @@ def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
             "agentd keeps checking and will answer normally once it is back."
         )
     if kind is ErrorKind.RATE_LIMITED:
-        wait = f" Try again in {error.retry_after:.0f}s." if error.retry_after else ""
-        return f"[degraded] Gemini is rate-limiting this key (quota exhausted).{wait}"
+        wait = f" It asked to wait {error.retry_after:.0f}s." if error.retry_after else ""
+        return (
+            "[degraded] Gemini's quota for this API key is exhausted for now "
+            f"({error.reason or 'HTTP 429'}); the service is up.{wait} Try again later, "
+            "or check the key's rate limits."
+        )
     if kind is ErrorKind.NOT_FOUND:
         return (
-            f"[degraded] The model {settings.model!r} was not found ({error}). "
+            f"[degraded] The model {model!r} was not found ({error}). "
             "Check `model` and `fallback_model` in the [gemini] configuration."
         )
     if kind is ErrorKind.CONTEXT_TOO_LONG:
@@ -750,6 +873,17 @@ def degraded_text(error: ProviderError, settings: ProviderSettings) -> str:
         )
     if kind is ErrorKind.INVALID_REQUEST:
         return f"[degraded] Gemini refused the request as invalid ({error})."
+    if kind is ErrorKind.TOO_LARGE:
+        return (
+            f"[degraded] {model}'s answer was too large to read whole ({error}); "
+            "chat.max_answer_bytes bounds it. Ask for a shorter answer, or stream it "
+            "(a streamed answer keeps its first chat.max_answer_bytes)."
+        )
+    if kind is ErrorKind.BAD_RESPONSE:
+        return (
+            f"[degraded] {model} sent a response agentd could not read ({error}); "
+            "it was not retried. Asking again may work."
+        )
     return f"[degraded] The Gemini model is unreachable right now ({error}). Try again shortly."
 
 
@@ -764,11 +898,28 @@ def _blocked_text(error: ProviderError) -> str:
 def _key_status(error: ProviderError) -> KeyStatus:
     if error.kind is ErrorKind.AUTH:
         return KeyStatus.REJECTED
+    if error.kind is ErrorKind.RATE_LIMITED:
+        return KeyStatus.RATE_LIMITED
     if error.kind is ErrorKind.NO_KEY:
         return KeyStatus.MISSING
     if error.kind in (ErrorKind.NOT_FOUND, ErrorKind.INVALID_REQUEST):
         return KeyStatus.MISCONFIGURED
     return KeyStatus.UNREACHABLE
+
+
+def _kind_and_reason(kind: ErrorKind | None, reason: str | None) -> str:
+    """E.g. "transient: ConnectError", or just the kind when the cause is unknown."""
+    text = str(kind or "unknown")
+    return f"{text}: {reason}" if reason and reason != text else text
+
+
+def _failure_of(model: str, error: ProviderError) -> str:
+    """Why `model` did not answer, for the fallback's notice."""
+    if error.kind is ErrorKind.NOT_FOUND:
+        return f"the primary model {model!r} was not found ({error})"
+    if error.kind is ErrorKind.RATE_LIMITED:
+        return f"the primary model {model!r} is rate-limited ({error.reason or 'HTTP 429'})"
+    return f"the primary model {model!r} failed ({error})"
 
 
 def _join(*notices: str | None) -> str | None:

@@ -3,7 +3,9 @@ crash never loses what a user sent; the answer is committed before the reply.
 
     user turn status:   pending ──▶ answered
                            └──────▶ interrupted   (shutdown, crash, client gone)
-    model turn status:  complete | degraded | blocked | partial
+    model turn status:  complete | incomplete | truncated | empty | blocked | degraded
+                        (agentd.providers.AnswerStatus; only complete turns go
+                        back to the model as context)
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@
                 every page authenticates                             a page fails its HMAC
     disk        free space above the      below disk_min_free_bytes  under 1 MiB
                 threshold
-    gemini      the key works             no key (degraded mode),    key rejected, unreachable,
-                                          recent failures            misconfigured, breaker open
+    gemini      the key works, or a call  no key (degraded mode),    key rejected, unreachable,
+                succeeded since the       recent failures, quota     misconfigured, breaker open
+                failed key check          exhausted (429)
     event_loop  lag under the threshold   over loop_lag_degraded_s   over loop_lag_failed_s
     memory      RSS under rss_max_bytes   over it                    -
 
@@ -66,6 +67,7 @@ _KEY_LEVELS: Final = {
     KeyStatus.MISSING: Level.DEGRADED,
     KeyStatus.REJECTED: Level.FAILED,
     KeyStatus.UNREACHABLE: Level.FAILED,
+    KeyStatus.RATE_LIMITED: Level.DEGRADED,  # the service is up; this key must wait
     KeyStatus.MISCONFIGURED: Level.FAILED,
 }
 _PROVIDER_LEVELS: Final = {
@@ -175,10 +177,14 @@ def gemini_verdict(runtime: Runtime) -> tuple[Level, str]:
             "no API key: chat answers in degraded mode "
             "(set the credential gemini-api-key or GEMINI_API_KEY)"
         )
-    health = provider.statistics().health
-    live = (_PROVIDER_LEVELS[health.status], health.reason)
+    statistics = provider.statistics()
+    live = (_PROVIDER_LEVELS[statistics.health.status], statistics.health.reason)
     checked = runtime.key_check.latest()
-    if checked is None:
+    worked = statistics.last_success_age_s
+    if worked is not None and (checked is None or worked <= checked[1]):
+        # A call that worked is newer evidence than any key check before it.
+        key = (Level.OK, f"key works: Gemini answered {worked:.0f}s ago; model {model}")
+    elif checked is None:
         key = (Level.OK, f"key configured; model {model}; not verified yet")
     elif checked[0].status is KeyStatus.OK:
         key = (Level.OK, f"key configured and verified {checked[1]:.0f}s ago; model {model}")
