@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentd.protocol import (
     DEFAULT_MAX_FRAME,
@@ -47,6 +48,13 @@ class DaemonError(ClientError):
 
 
 OnEvent = Callable[[dict[str, Any]], None]
+
+
+class Limits(NamedTuple):
+    """What the daemon accepts (from its `ping` reply)."""
+
+    max_frame_bytes: int
+    max_prompt_bytes: int
 
 
 class Client:
@@ -106,12 +114,32 @@ class Client:
                 return result
             raise DaemonError(message.get("error") or {})
 
+    def limits(self) -> Limits | None:
+        """The daemon's size limits, or None from a daemon that does not say."""
+        found: Any = self.call("ping").get("limits")
+        try:
+            return Limits(int(found["max_frame_bytes"]), int(found["max_prompt_bytes"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
     def _send(self, message: dict[str, Any]) -> None:
         assert self._sock is not None
         try:
             self._sock.sendall(encode_frame(message))
         except OSError as exc:
+            if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                self._raise_parting_error()
             raise ConnectionLost(f"lost the connection to agentd: {exc.strerror or exc}") from None
+
+    def _raise_parting_error(self) -> None:
+        """The daemon closed while we sent: a frame too large is answered, then the
+        connection closed. Its reply is still in our receive buffer; raise it."""
+        try:
+            message = self._receive()
+        except ConnectionLost:
+            return
+        if message.get("ok") is False:
+            raise DaemonError(message.get("error") or {})
 
     def _receive(self) -> dict[str, Any]:
         try:

@@ -9,7 +9,7 @@ from typing import Any, Final
 from agentd.access import Role
 from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
 from agentd.commands import Call, command
-from agentd.commands.args import optional, optional_or_none
+from agentd.commands.args import epoch_or_none, optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
 from agentd.runtime import Runtime
 from agentd.store import audit, sessions
@@ -48,7 +48,7 @@ async def _query(runtime: Runtime, args: dict[str, Any]) -> audit.AuditQuery:
         outcome=outcome,
         session_id=session,
         request_id=optional_or_none(args, "request_id", str),
-        since=optional_or_none(args, "since", float),
+        since=epoch_or_none(args, "since"),
         limit=limit,
     )
 
