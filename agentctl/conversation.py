@@ -243,7 +243,7 @@ def history(session_ref: str | None, limit: int) -> None:
     )
     for m in result["messages"]:
         status = "" if m["status"] in ("answered", "complete") else f" [{m['status']}]"
-        who = "you" if m["role"] == "user" else _author(m)
+        who = "you" if m["role"] == "user" else (m.get("model") or "model")
         click.echo(
             style(
                 f"\n{who} · {_when(m['created_at'])}{status}",
@@ -251,13 +251,6 @@ def history(session_ref: str | None, limit: int) -> None:
             )
         )
         click.echo(m["content"])
-
-
-def _author(turn: dict[str, Any]) -> str:
-    # A degraded turn is agentd's placeholder: naming the model would credit it with the text.
-    if turn["status"] == "degraded":
-        return "agentd (not the model)"
-    return str(turn.get("model") or "model")
 
 
 def _when(epoch: float) -> str:
