@@ -149,9 +149,7 @@ def _print_health(h: dict[str, Any]) -> None:
     components = h.get("components", {})
     width = max((len(name) for name in components), default=0)
     for name, c in components.items():
-        click.echo(
-            f"  {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}"
-        )
+        click.echo(f"  {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}")
     for alert in h.get("alerts", []):
         click.echo(style(f"  ALERT {alert['name']}: {alert['detail']}", fg="red", bold=True))
 

@@ -167,7 +167,7 @@ def test_check_config_has_one_comment_per_line_and_no_empty_string_for_unset(
     result = check_config(env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    assert all(line.count("  # ") <= 1 for line in lines), [l for l in lines if l.count("#") > 1]
+    assert [line for line in lines if line.count("  # ") > 1] == []
     assert "# temperature is unset (default)" in lines  # gemini.temperature: a float, unset
     assert not [line for line in lines if line.startswith("temperature")]
 
