@@ -26,25 +26,21 @@ def test_make_install_is_quiet_and_installs_the_checkout(tmp_path: Path) -> None
     shutil.copytree(REPO, copy, ignore=NOT_COPIED)
     # As a newcomer's shell: no PYTHONPATH pointing at another checkout, no warning filters.
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONWARNINGS")}
-    result = subprocess.run(
-        ["make", "install"],
-        cwd=copy,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=840,
-        check=False,
+    try:
+        result = run(["make", "install"], copy, env, timeout=840)
+        output = result.stdout + result.stderr
+        assert result.returncode == 0, output
+        assert "Editable install" not in output and "BuildBackendWarning" not in output, output
+        python = str(copy / ".venv" / "bin" / "python")
+        imported = run([python, "-c", "import agentd; print(agentd.__file__)"], tmp_path, env)
+        assert Path(imported.stdout.strip()).is_relative_to(copy), imported.stdout
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)  # a virtualenv is ~200 MB: not kept for later
+
+
+def run(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "Editable install" not in output and "BuildBackendWarning" not in output, output
-    imported = subprocess.run(
-        [str(copy / ".venv" / "bin" / "python"), "-c", "import agentd; print(agentd.__file__)"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert Path(imported.stdout.strip()).is_relative_to(copy), imported.stdout
