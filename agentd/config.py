@@ -160,7 +160,7 @@ def load_config(
         _apply(values, sources, {key: value}, f"environment {name}")
     _apply(values, sources, {k: v for k, v in (flags or {}).items() if v is not None}, "flag")
     profile_source = "environment AGENTD_ENV" if environ.get("AGENTD_ENV") else "default"
-    return _build((profile, profile_source), values, sources, path)
+    return _build(profile, values, sources, path, profile_source=profile_source)
 
 
 def _defaults() -> dict[str, Any]:
@@ -314,17 +314,21 @@ def _convert(raw: Any, kind: Any) -> Any:
 
 
 def _build(
-    profile: tuple[str, str], values: dict[str, Any], sources: dict[str, str], path: Path | None
+    profile: str,
+    values: dict[str, Any],
+    sources: dict[str, str],
+    path: Path | None,
+    *,
+    profile_source: str,
 ) -> Config:
-    """`profile`: its name and where that came from."""
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         prefix = f"{section}."
         kwargs = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
         sections[section] = cls(**kwargs)
     config = Config(
-        profile=profile[0],
-        profile_source=profile[1],
+        profile=profile,
+        profile_source=profile_source,
         config_file=str(path) if path else None,
         sources=types.MappingProxyType(dict(sources)),
         **sections,
