@@ -5,11 +5,14 @@ BIN     = $(VENV)/bin
 
 .PHONY: install start run stop test test-fast lint bench install-systemd clean
 
+# Editable, so the checkout is what runs. setuptools' notice about editable installs
+# is not for a newcomer: PYTHONWARNINGS silences that one warning; errors still show.
 $(BIN)/agentd: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "agentd needs Python 3.11+"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian run 'apt-get install python3-venv'"; exit 1; }
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "setting up $(VENV): agentd, agentctl and the dev tools (first run only)"
+	@$(BIN)/pip install --quiet --upgrade pip
+	@PYTHONWARNINGS='ignore:Editable installation' $(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/agentd ## virtualenv in ./.venv with agentd, agentctl and the dev tools

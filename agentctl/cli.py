@@ -230,7 +230,7 @@ def _print_status(s: dict[str, Any], socket_path: str) -> None:
     width = max((len(n) for n in components), default=0)
     for name, c in components.items():
         click.echo(
-            f"    {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}"
+            f"    {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}"
         )
 
 
@@ -240,15 +240,24 @@ def _print_status(s: dict[str, Any], socket_path: str) -> None:
 )
 @json_option
 def stop(timeout: float) -> None:
-    """Stop agentd gracefully (in-flight chats finish) and wait until it is gone."""
+    """Stop agentd gracefully (in-flight chats finish) and wait until it is gone.
+
+    Nothing running is success, as with `systemctl stop`: the wanted end state holds."""
     opts = options()
-    result = opts.client().call("stop")
+    try:
+        result = opts.client().call("stop")
+    except NotRunning:
+        if opts.json:
+            print_json({"stopped": False, "was_running": False})
+        else:
+            click.echo("agentd is not running")
+        return
     pid = int(result["pid"])
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _answers(opts) and not _alive(pid):
             if opts.json:
-                print_json({"stopped": True, "pid": pid})
+                print_json({"stopped": True, "was_running": True, "pid": pid})
             else:
                 click.echo(f"agentd stopped (pid {pid})")
             return

@@ -6,7 +6,7 @@ import itertools
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentd.protocol import (
     DEFAULT_MAX_FRAME,
@@ -54,6 +54,13 @@ class DaemonError(ClientError):
 
 
 OnEvent = Callable[[dict[str, Any]], None]
+
+
+class Limits(NamedTuple):
+    """What the daemon accepts (from its `ping` reply)."""
+
+    max_frame_bytes: int
+    max_prompt_bytes: int
 
 
 class Client:
@@ -129,6 +136,14 @@ class Client:
                 result: dict[str, Any] = message.get("result") or {}
                 return result
             raise DaemonError(message.get("error") or {})
+
+    def limits(self) -> Limits | None:
+        """The daemon's size limits, or None from a daemon that does not say."""
+        found: Any = self.call("ping").get("limits")
+        try:
+            return Limits(int(found["max_frame_bytes"]), int(found["max_prompt_bytes"]))
+        except (TypeError, KeyError, ValueError):
+            return None
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self._sock is not None

@@ -20,6 +20,9 @@ from agentctl.client import Client
 from agentctl.output import for_terminal, print_json, print_table, style, visible
 
 CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
+# Prompts above this ask the daemon for its limits first (below the smallest sane limit).
+CHECK_LIMITS_ABOVE = 64 * 1024
+FRAME_ROOM = 4096  # what a chat request holds beside the prompt (names, system prompt)
 
 
 @click.command()
@@ -27,15 +30,8 @@ CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 @click.option(
     "-s", "--session", "session_ref", metavar="NAME|ID", help="Use this session for this message."
 )
-@click.option(
-    "--new-session",
-    "new_session",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[NAME]",
-    help="Start a new session (optionally named) and make it current.",
-)
+@click.option("--new-session", is_flag=True, help="Start a new session and make it current.")
+@click.option("--name", "session_name", metavar="NAME", help="Name of the new session.")
 @click.option("--system", "system_prompt", metavar="TEXT", help="System prompt of the new session.")
 @click.option(
     "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
@@ -44,22 +40,31 @@ CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 def chat(
     message: str | None,
     session_ref: str | None,
-    new_session: str | None,
+    new_session: bool,
+    session_name: str | None,
     system_prompt: str | None,
     no_stream: bool,
 ) -> None:
     """Ask the agent. Exit 5 when the answer is degraded (not from the model)."""
     opts = options()
+    for option, value in (("--name", session_name), ("--system", system_prompt)):
+        if value is not None and not new_session:
+            fail(f"{option} goes with --new-session", exits.USAGE)
+    for what, text in (
+        ("MESSAGE", message),
+        ("--session", session_ref),
+        ("--name", session_name),
+        ("--system", system_prompt),
+    ):
+        require_utf8(what, text)
     prompt = compose_prompt(message, sys.stdin)
-    if system_prompt is not None and new_session is None:
-        fail("--system goes with --new-session", exits.USAGE)
     args: dict[str, Any] = {"message": prompt, "stream": not (no_stream or opts.json)}
     if session_ref:
         args["session"] = session_ref
-    if new_session is not None:
+    if new_session:
         args["new_session"] = True
-        if new_session:
-            args["session_name"] = new_session
+        if session_name is not None:
+            args["session_name"] = session_name
         if system_prompt is not None:
             args["system_prompt"] = system_prompt
     streamed: list[str] = []
@@ -74,9 +79,44 @@ def chat(
             _show_wait(event)
 
     with opts.client(timeout=CHAT_TIMEOUT_S) as client:
+        check_prompt_size(client, prompt)
         result = client.call("chat", args, on_event=on_event)
     _print_answer(result, streamed, as_json=opts.json)
     sys.exit(exits.DEGRADED if result.get("degraded") else exits.OK)
+
+
+def require_utf8(what: str, text: str | None) -> None:
+    """Arguments arrive as the bytes the shell passed: Python keeps bytes that are not
+    UTF-8 as surrogates, which the wire cannot carry. Refuse them here, in one line."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        fail(f"{what} is not valid UTF-8 (character {exc.start}); nothing was sent", exits.USAGE)
+
+
+def check_prompt_size(client: Client, prompt: str) -> None:
+    """Refuse a prompt the daemon would refuse, before sending megabytes it would not read.
+
+    Small prompts go straight out (the daemon checks them anyway); a large one
+    costs one `ping` on the same connection for the daemon's limits.
+    """
+    size = len(prompt.encode("utf-8"))
+    if size <= CHECK_LIMITS_ABOVE:
+        return
+    limits = client.limits()
+    if limits is None:
+        return  # an older daemon: its FRAME_TOO_LARGE reply is read instead
+    for limit, key in (
+        (limits.max_prompt_bytes, "chat.max_prompt_bytes"),
+        (limits.max_frame_bytes - FRAME_ROOM, "daemon.max_frame_bytes"),
+    ):
+        if size > limit:
+            fail(
+                f"the prompt is {size} bytes; the limit is {limit} ({key}); nothing was sent",
+                exits.USAGE,
+            )
 
 
 def compose_prompt(message: str | None, stdin: Any) -> str:

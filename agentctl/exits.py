@@ -18,6 +18,7 @@ BY_ERROR_CODE: Final = {
     "FORBIDDEN": PERMISSION,
     "BAD_REQUEST": USAGE,
     "UNKNOWN_COMMAND": USAGE,
+    "FRAME_TOO_LARGE": USAGE,  # a request too large to send, e.g. a prompt from stdin
     "NOT_READY": RETRY_LATER,
     "SHUTTING_DOWN": NOT_RUNNING,
     "DISK_FULL": FAILED,  # named for the reader: a lasting condition, not "retry later"

@@ -150,9 +150,7 @@ def _print_health(h: dict[str, Any]) -> None:
     components = h.get("components", {})
     width = max((len(name) for name in components), default=0)
     for name, c in components.items():
-        click.echo(
-            f"  {name.ljust(width)}  {level_colour(c['status']).ljust(8)}  {c.get('reason', '')}"
-        )
+        click.echo(f"  {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}")
     for alert in h.get("alerts", []):
         click.echo(style(f"  ALERT {alert['name']}: {alert['detail']}", fg="red", bold=True))
 
@@ -270,6 +268,7 @@ def audit(
             "pid",
             "command",
             "outcome",
+            "answer",
             "latency",
             "session",
             "owner",
@@ -291,6 +290,7 @@ def _audit_row(r: dict[str, Any]) -> list[str]:
         str(r["peer_pid"]),
         r["command"],
         outcome,
+        r.get("answer") or "",
         f"{r['latency_ms']} ms",
         r["session_id"] or "",
         _owner(r.get("owner_uid")),

@@ -65,9 +65,11 @@ def state_colour(state: str) -> str:
     return style(state, fg=colour, bold=True) if colour else state
 
 
-def level_colour(level: str) -> str:
+def level_colour(level: str, width: int = 0) -> str:
+    """The level coloured, padded to `width` visible columns (the escape codes take none)."""
     colour = {"ok": "green", "degraded": "yellow", "failed": "red"}.get(level)
-    return style(level, fg=colour) if colour else level
+    padding = " " * (width - len(level))
+    return (style(level, fg=colour) if colour else level) + padding
 
 
 def print_json(value: Any) -> None:

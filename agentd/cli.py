@@ -173,7 +173,10 @@ def _print_config(config: Config, paths: Paths) -> None:
     from agentd.errors import ConfigError
     from agentd.secrets import load_gemini_key
 
-    click.echo(f"# profile: {config.profile} (AGENTD_ENV)")
+    origin = (
+        "AGENTD_ENV" if config.profile_source != "default" else "default; AGENTD_ENV is not set"
+    )
+    click.echo(f"# profile: {config.profile} ({origin})")
     click.echo(f"# config file: {config.config_file or 'none'}")
     click.echo(f"# state dir: {paths.state_dir}")
     click.echo(f"# socket: {paths.socket}")
@@ -190,12 +193,13 @@ def _print_config(config: Config, paths: Paths) -> None:
         if head != section:
             section = head
             click.echo(f"\n[{section}]")
-        click.echo(f"{name} = {_toml_value(value)}  # {source}")
+        if value is None:  # TOML has no null: an unset value is a comment, not a fake ""
+            click.echo(f"# {name} is unset ({source})")
+        else:
+            click.echo(f"{name} = {_toml_value(value)}  # {source}")
 
 
 def _toml_value(value: object) -> str:
-    if value is None:
-        return '""  # unset'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):

@@ -15,7 +15,7 @@ import functools
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -97,6 +97,7 @@ class AccessSettings:
 @dataclass(frozen=True)
 class Config:
     profile: str = "development"
+    profile_source: str = "default"  # or "environment AGENTD_ENV"
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     secrets: SecretsSettings = field(default_factory=SecretsSettings)
@@ -154,7 +155,7 @@ def load_config(
     flags: Mapping[str, Any] | None = None,
 ) -> Config:
     """Build the effective config from every layer, validating as it goes."""
-    profile = environ.get("AGENTD_ENV", "development") or "development"
+    profile = environ.get("AGENTD_ENV") or "development"
     if profile not in PROFILES:
         raise ConfigError(f"AGENTD_ENV={profile!r} is not one of {', '.join(PROFILES)}")
     values: dict[str, Any] = {}
@@ -165,10 +166,12 @@ def load_config(
     path = _find_config_file(environ, config_path)
     if path is not None:
         _apply(values, sources, _read_file(path), str(path))
-    _apply(values, sources, _from_environ(environ), "environment")
+    for name, (key, value) in _from_environ(environ).items():
+        _apply(values, sources, {key: value}, f"environment {name}")
     _apply(values, sources, {k: v for k, v in (flags or {}).items() if v is not None}, "flag")
     _derive_defaults(values, sources)
-    return _build(profile, values, sources, path)
+    profile_source = "environment AGENTD_ENV" if environ.get("AGENTD_ENV") else "default"
+    return _build(profile, values, sources, path, profile_source=profile_source)
 
 
 def _derive_defaults(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -208,9 +211,18 @@ def _apply(
         section, _, name = key.partition(".")
         declared = _field_types(section)
         if name not in declared:
-            raise ConfigError(f"{origin}: unknown key {key!r}")
+            hint = _nearest(key, (f"{s}.{n}" for s in SECTIONS for n in _field_types(s)))
+            raise ConfigError(f"{origin}: unknown key {key!r}{hint}")
         values[key] = _coerce(key, raw, declared[name], origin)
         sources[key] = origin
+
+
+def _nearest(word: str, known: Iterable[str]) -> str:
+    """'; did you mean X?' naming the closest known word, or ''."""
+    import difflib  # only on the way to an error
+
+    close = difflib.get_close_matches(word, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _find_config_file(environ: Mapping[str, str], config_path: str | None) -> Path | None:
@@ -239,7 +251,7 @@ def _read_file(path: Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for section, body in document.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section [{section}]")
+            raise ConfigError(f"{path}: unknown section [{section}]{_nearest(section, SECTIONS)}")
         if not isinstance(body, dict):
             raise ConfigError(f"{path}: {section!r} must be a table, like [{section}]")
         for key, value in body.items():
@@ -247,14 +259,15 @@ def _read_file(path: Path) -> dict[str, Any]:
     return flat
 
 
-def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _from_environ(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Variable name -> (key, value): an error names the variable that was set."""
+    out: dict[str, tuple[str, str]] = {}
     for name, value in environ.items():
         if name in ENV_NAMES:
-            out[ENV_NAMES[name]] = value
+            out[name] = (ENV_NAMES[name], value)
         elif name.startswith("AGENTD_") and "__" in name:
             section, _, key = name.removeprefix("AGENTD_").lower().partition("__")
-            out[f"{section}.{key}"] = value
+            out[name] = (f"{section}.{key}", value)
     return out
 
 
@@ -322,7 +335,12 @@ def _convert(raw: Any, kind: Any) -> Any:
 
 
 def _build(
-    profile: str, values: dict[str, Any], sources: dict[str, str], path: Path | None
+    profile: str,
+    values: dict[str, Any],
+    sources: dict[str, str],
+    path: Path | None,
+    *,
+    profile_source: str,
 ) -> Config:
     sections: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
@@ -331,6 +349,7 @@ def _build(
         sections[section] = cls(**kwargs)
     config = Config(
         profile=profile,
+        profile_source=profile_source,
         config_file=str(path) if path else None,
         sources=types.MappingProxyType(dict(sources)),
         **sections,

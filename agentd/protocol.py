@@ -28,6 +28,9 @@ import msgpack
 VERSION: Final = 1
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME: Final = 1024 * 1024
+# Time arguments (`since`) are epoch seconds up to 9999-12-31T23:59:59Z, the
+# last moment an ISO timestamp holds.
+MAX_EPOCH_S: Final = 253_402_300_799.0
 
 # msgpack limits for untrusted input: no single value may exceed the frame, and
 # nesting is bounded so a hostile frame cannot blow the stack.

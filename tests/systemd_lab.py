@@ -54,7 +54,7 @@ T = TypeVar("T")
 
 REPO: Final = Path(__file__).resolve().parent.parent
 SYSTEMD: Final = Path("/lib/systemd/systemd")
-TOOLS: Final = ("unshare", "nsenter", "setpriv", "script", "timeout")
+TOOLS: Final = ("unshare", "nsenter", "setpriv", "script", "timeout", "pivot_root")
 NSENTER_NAMESPACES: Final = ("-m", "-u", "-i", "-n", "-p", "-C", "-r", "-w")
 LAB_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LAB_VENV: Final = "/opt/agentd/venv"
@@ -131,7 +131,7 @@ def lab_unavailable_reason() -> str | None:
     """Why the lab cannot run here, or None when it can."""
     if os.geteuid() != 0:
         return "systemd lab needs root (it boots systemd as PID 1 in new namespaces)"
-    missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+    missing = [tool for tool in TOOLS if shutil.which(tool, path=host_path()) is None]
     if missing:
         return f"systemd lab needs {', '.join(missing)} (util-linux, coreutils)"
     if not SYSTEMD.is_file():
@@ -139,6 +139,13 @@ def lab_unavailable_reason() -> str | None:
     if cgroup2_root() is None:
         return "systemd lab needs a cgroup2 hierarchy (/sys/fs/cgroup or /sys/fs/cgroup/unified)"
     return None
+
+
+def host_path() -> str:
+    """The caller's PATH, then the sbin directories it lacks: a user's PATH (sudo,
+    an IDE, CI) often has no /usr/sbin, where pivot_root and friends live."""
+    own = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+    return os.pathsep.join(own + [d for d in LAB_PATH.split(os.pathsep) if d not in own])
 
 
 def cgroup2_root() -> Path | None:
@@ -290,6 +297,7 @@ class SystemdLab:
         # script(1) gives systemd a terminal for /dev/console; its log is the boot console.
         self._script = subprocess.Popen(
             ["script", "-qfec", f"/bin/sh {launch}", str(work / "console.log")],
+            env={**os.environ, "PATH": host_path()},  # the launch runs pivot_root, mount...
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

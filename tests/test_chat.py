@@ -89,7 +89,7 @@ def test_sessions_new_named_listed_used_and_deleted(
 ) -> None:
     d = gemini_daemon
     original = d.call("status")["session_id"]
-    _, reply = chat_json(d, "--new-session", "ops", "hello ops")
+    _, reply = chat_json(d, "--new-session", "--name", "ops", "hello ops")
     ops_id = reply["session_id"]
     assert ops_id != original
     assert d.call("status")["session_id"] == ops_id  # a new session becomes current
@@ -346,4 +346,4 @@ def test_chat_over_the_session_budget_is_rate_limited_and_writes_nothing(
         "one",
         "two",
     ]
-    assert d.agentctl("chat", "--new-session", "other", "fresh budget").returncode == 0
+    assert d.agentctl("chat", "--new-session", "--name", "other", "fresh budget").returncode == 0

@@ -40,7 +40,7 @@ def test_each_layer_overrides_the_one_below(tmp_path: Path) -> None:
     assert config.daemon.shutdown_grace_s == 7.0
     assert config.sources["daemon.shutdown_grace_s"] == str(file)
     assert config.daemon.idle_timeout_s == 11.0
-    assert config.sources["daemon.idle_timeout_s"] == "environment"
+    assert config.sources["daemon.idle_timeout_s"] == "environment AGENTD_DAEMON__IDLE_TIMEOUT_S"
     assert config.log.level == "ERROR"
     assert config.sources["log.level"] == "flag"
 
@@ -77,7 +77,9 @@ def test_wrong_type_names_the_key_and_what_it_wanted(tmp_path: Path) -> None:
 
 
 def test_bad_environment_value_names_its_origin() -> None:
-    with pytest.raises(ConfigError, match=r"environment: daemon\.max_frame_bytes"):
+    with pytest.raises(
+        ConfigError, match=r"environment AGENTD_DAEMON__MAX_FRAME_BYTES: daemon\.max_frame_bytes"
+    ):
         load_config({"AGENTD_DAEMON__MAX_FRAME_BYTES": "big"})
 
 
@@ -132,3 +134,48 @@ def test_check_config_with_a_bad_file_exits_78(tmp_path: Path) -> None:
     result = check_config(env)
     assert result.returncode == 78
     assert "daemon.nope" in result.stderr.decode()
+
+
+def test_a_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    env = clean_environ(tmp_path)
+    env["AGENTD_LIMITS__CHAT_RATE"] = "fast"
+    result = check_config(env)
+    assert result.returncode == 78
+    assert result.stderr.decode().splitlines() == [
+        "agentd: environment AGENTD_LIMITS__CHAT_RATE: limits.chat_rate must be float, got 'fast'"
+    ]
+
+
+def test_an_unknown_key_suggests_the_nearest_known_one(tmp_path: Path) -> None:
+    env = clean_environ(tmp_path)
+    write(Path(env["AGENTD_CONFIG"]), "[limits]\nchat_rat = 1.0\n")
+    result = check_config(env)
+    assert result.returncode == 78
+    assert "unknown key 'limits.chat_rat'; did you mean 'limits.chat_rate'?" in (
+        result.stderr.decode()
+    )
+    with pytest.raises(ConfigError, match=r"AGENTD_LIMIT__CHAT_RATE: .*did you mean 'limits.chat"):
+        load_config({"AGENTD_LIMIT__CHAT_RATE": "1"})
+    write(Path(env["AGENTD_CONFIG"]), "[limit]\nchat_rate = 1.0\n")
+    assert "unknown section [limit]; did you mean 'limits'?" in check_config(env).stderr.decode()
+
+
+def test_check_config_has_one_comment_per_line_and_no_empty_string_for_unset(
+    tmp_path: Path,
+) -> None:
+    env = clean_environ(tmp_path)
+    result = check_config(env)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert [line for line in lines if line.count("  # ") > 1] == []
+    assert "# temperature is unset (default)" in lines  # gemini.temperature: a float, unset
+    assert not [line for line in lines if line.startswith("temperature")]
+
+
+def test_check_config_says_where_the_profile_came_from(tmp_path: Path) -> None:
+    env = clean_environ(tmp_path)
+    assert "# profile: development (default; AGENTD_ENV is not set)" in (
+        check_config(env).stdout.decode().splitlines()
+    )
+    env["AGENTD_ENV"] = "staging"
+    assert "# profile: staging (AGENTD_ENV)" in check_config(env).stdout.decode().splitlines()

@@ -187,11 +187,6 @@ def test_plaintext_database_in_place_is_refused(make_daemon: Callable[..., Daemo
     assert "plaintext" in result.stderr.decode()
 
 
-def test_agentctl_stop_when_not_running_exits_3(short_tmp: Path) -> None:
-    result = run_agentctl(clean_environ(short_tmp), "stop")
-    assert result.returncode == 3
-
-
 def test_default_socket_path_is_shared_by_daemon_and_client(short_tmp: Path) -> None:
     env = clean_environ(short_tmp)
     del env["AGENTD_SOCKET"]

@@ -75,7 +75,9 @@ def test_no_prompt_or_answer_text_anywhere_on_disk(
     gemini_daemon: DaemonProcess, fake_gemini: FakeGemini
 ) -> None:
     fake_gemini.set_default(echo())
-    result = gemini_daemon.agentctl("chat", "--new-session", f"name-{MARKER}", f"remember {MARKER}")
+    result = gemini_daemon.agentctl(
+        "chat", "--new-session", "--name", f"name-{MARKER}", f"remember {MARKER}"
+    )
     assert result.returncode == 0, result.stderr
     assert MARKER.encode() in result.stdout  # the answer did carry it
     roots = (gemini_daemon.state_dir, gemini_daemon.base / "run")

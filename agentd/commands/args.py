@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 from agentd.errors import BadRequest
+from agentd.protocol import MAX_EPOCH_S
 
 T = TypeVar("T")
 
@@ -32,4 +34,15 @@ def _checked(name: str, value: Any, kind: type[T]) -> T:
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"argument {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def epoch_or_none(args: dict[str, Any], name: str) -> float | None:
+    """A point in time in epoch seconds: finite, from 1970 to the year 9999.
+    NaN, infinities and far-off values would otherwise fail deep in a query."""
+    value = optional_or_none(args, name, float)
+    if value is not None and not (math.isfinite(value) and 0 <= value <= MAX_EPOCH_S):
+        raise BadRequest(
+            f"argument {name!r} must be epoch seconds from 0 to {MAX_EPOCH_S:.0f}, got {value!r}"
+        )
     return value

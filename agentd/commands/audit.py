@@ -9,10 +9,11 @@ from typing import Any, Final
 from agentd.access import Role
 from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
 from agentd.commands import Call, command
-from agentd.commands.args import optional, optional_or_none
+from agentd.commands.args import epoch_or_none, optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
 from agentd.runtime import Runtime
-from agentd.store import audit, sessions
+from agentd.store import audit, messages, sessions
+from agentd.store.database import Connection
 
 MAX_ROWS: Final = 10_000
 FLUSH_TIMEOUT_S: Final = 5.0
@@ -28,8 +29,23 @@ async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Recent rows, newest first, with filters."""
     query = await _query(runtime, call.args, call.peer.uid)
     await _flush(runtime)
-    rows = await runtime.db.run(audit.recent, query)
-    return {"rows": rows}
+    return {"rows": await runtime.db.run(_rows_with_answers, query)}
+
+
+def _rows_with_answers(conn: Connection, query: audit.AuditQuery) -> list[dict[str, Any]]:
+    """Audit rows, each chat's with `answer`: how its exchange ended as stored
+    (complete, degraded, blocked, interrupted...). The row's own outcome only says
+    the request was answered; a placeholder answer is `ok` there too."""
+    rows = audit.recent(conn, query)
+    chats = [(r["session_id"], r["request_id"]) for r in rows if _is_chat(r)]
+    statuses = messages.exchange_statuses(conn, chats) if chats else {}
+    for row in rows:
+        row["answer"] = statuses.get(row["request_id"]) if _is_chat(row) else None
+    return rows
+
+
+def _is_chat(row: dict[str, Any]) -> bool:
+    return row["command"] == "chat" and row["session_id"] is not None
 
 
 async def _query(runtime: Runtime, args: dict[str, Any], uid: int) -> audit.AuditQuery:
@@ -48,7 +64,7 @@ async def _query(runtime: Runtime, args: dict[str, Any], uid: int) -> audit.Audi
         outcome=outcome,
         session_id=session,
         request_id=optional_or_none(args, "request_id", str),
-        since=optional_or_none(args, "since", float),
+        since=epoch_or_none(args, "since"),
         limit=limit,
     )
 

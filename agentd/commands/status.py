@@ -12,7 +12,16 @@ from agentd.runtime import Runtime
 
 @command("ping", role=Role.READ, when_stopping=True, when_not_ready=True)
 def ping(runtime: Runtime, call: Call) -> dict[str, Any]:
-    return {"pong": True, "state": str(runtime.lifecycle.state)}
+    """Also the daemon's size limits: agentctl checks a large prompt before sending it."""
+    config = runtime.config
+    return {
+        "pong": True,
+        "state": str(runtime.lifecycle.state),
+        "limits": {
+            "max_frame_bytes": config.daemon.max_frame_bytes,
+            "max_prompt_bytes": config.chat.max_prompt_bytes,
+        },
+    }
 
 
 @command("status", role=Role.READ, when_stopping=True, when_not_ready=True)

@@ -11,6 +11,7 @@ crash never loses what a user sent; the answer is committed before the reply.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,6 +153,25 @@ def turn(conn: Connection, message_id: int) -> StoredTurn | None:
         f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ?", (message_id,)
     ).fetchone()
     return StoredTurn(*row) if row else None
+
+
+def exchange_statuses(conn: Connection, requests: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """request id -> how its exchange ended, for (session id, request id) pairs: the
+    answer's stored status, or the prompt's when no answer was stored (interrupted).
+    Looked up per session, through the session index."""
+    by_session: dict[str, list[str]] = {}
+    for session_id, request_id in requests:
+        by_session.setdefault(session_id, []).append(request_id)
+    found: dict[str, str] = {}
+    for session_id, request_ids in by_session.items():
+        marks = ", ".join("?" * len(request_ids))
+        rows = conn.execute(
+            "SELECT request_id, status FROM messages "
+            f"WHERE session_id = ? AND request_id IN ({marks}) ORDER BY id",
+            (session_id, *request_ids),
+        )
+        found.update(rows.fetchall())  # the answer follows its prompt: its status wins
+    return found
 
 
 def count(conn: Connection) -> int:
