@@ -39,6 +39,12 @@ CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 @click.option(
     "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
 )
+@click.option("--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role).")
+@click.option(
+    "--allow-secrets",
+    is_flag=True,
+    help="Send credentials found in this message as they are, where [secrets_scan] permits it.",
+)
 @json_option
 def chat(
     message: str | None,
@@ -46,6 +52,8 @@ def chat(
     new_session: str | None,
     system_prompt: str | None,
     no_stream: bool,
+    model: str | None,
+    allow_secrets: bool,
 ) -> None:
     """Ask the agent. Exit 5 when the answer is degraded (not from the model)."""
     opts = options()
@@ -55,6 +63,7 @@ def chat(
     args: dict[str, Any] = {"message": prompt, "stream": not (no_stream or opts.json)}
     if session_ref:
         args["session"] = session_ref
+    args.update(_governance_args(model, allow_secrets))
     if new_session is not None:
         args["new_session"] = True
         if new_session:
@@ -74,6 +83,13 @@ def chat(
         result = client.call("chat", args, on_event=on_event)
     _print_answer(result, streamed, as_json=opts.json)
     sys.exit(exits.DEGRADED if result.get("degraded") else exits.OK)
+
+
+def _governance_args(model: str | None, allow_secrets: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"model": model} if model else {}
+    if allow_secrets:
+        args["allow_secrets"] = True
+    return args
 
 
 def compose_prompt(message: str | None, stdin: Any) -> str:
@@ -104,10 +120,25 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
     sys.stdout.flush()
     if result.get("notice"):
         click.echo(f"agentctl: note: {result['notice']}", err=True)
+    _print_governance(result)
     if result.get("degraded"):
         click.echo(
             style("agentctl: degraded answer: not from the model (exit 5)", fg="yellow"), err=True
         )
+
+
+def _print_governance(result: dict[str, Any]) -> None:
+    """Secrets replaced before sending, and a budget nearing its cap: on stderr."""
+    redacted = result.get("redacted") or {}
+    if redacted:
+        total = sum(redacted.values())
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(redacted.items()))
+        click.echo(
+            f"agentctl: note: {total} secret{'s' if total != 1 else ''} redacted before sending ({kinds})",
+            err=True,
+        )
+    if result.get("budget_warning"):
+        click.echo(style(f"agentctl: warning: {result['budget_warning']}", fg="yellow"), err=True)
 
 
 @click.group(invoke_without_command=True)

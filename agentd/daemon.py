@@ -24,6 +24,8 @@ from agentd.commands import load_commands
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
+from agentd.governance.budgets import BudgetLedger
+from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle, State
 from agentd.paths import Paths, ensure_private_dir
 from agentd.providers import BreakerState, create_provider
@@ -156,6 +158,8 @@ class Daemon:
             error_window_s=self.config.health.error_window_s,
         )
         limiter = RequestLimiter(self.config.limits)
+        gate = self._gate(metrics)
+        await gate.restore()
         chat = ChatPipeline(
             self.config.chat,
             self.config.gemini,
@@ -164,6 +168,7 @@ class Daemon:
             self.lifecycle,
             limiter,
             metrics,
+            gate,
         )
         self.runtime = Runtime(
             config=self.config,
@@ -183,6 +188,7 @@ class Daemon:
             audit=AuditWriter(self._db),
             limiter=limiter,
             key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
+            gate=gate,
         )
         await restore_counters(self.runtime)
         self.runtime.metrics.starts.inc()
@@ -200,6 +206,12 @@ class Daemon:
             )
         load_commands()
         return self.runtime
+
+    def _gate(self, metrics: Instruments) -> Gate:
+        assert self._db is not None
+        c = self.config
+        ledger = BudgetLedger(c.budgets, c.pricing.prices())
+        return Gate(c.secrets_scan, c.model_policy, c.gemini, ledger, self._db, metrics.registry)
 
     def _create_provider(self) -> ResilientProvider:
         key = load_gemini_key(self.config, self.paths, self._environ)

@@ -48,6 +48,8 @@ class ErrorCode:
     NOT_FOUND: Final = "NOT_FOUND"
     PROVIDER_ERROR: Final = "PROVIDER_ERROR"
     INTERNAL: Final = "INTERNAL"
+    SECRET_REFUSED: Final = "SECRET_REFUSED"
+    BUDGET_EXCEEDED: Final = "BUDGET_EXCEEDED"
 
 
 class ProtocolError(Exception):

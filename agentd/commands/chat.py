@@ -8,6 +8,7 @@ from agentd.access import Role
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, NotFound
+from agentd.governance.gate import Ask
 from agentd.runtime import Runtime
 from agentd.store import messages, sessions, state
 from agentd.store.sessions import Session
@@ -21,11 +22,21 @@ MAX_NAME = 100
     role=Role.CHAT,
     cost="chat",
     long_running=True,
-    args=("message", "session", "new_session", "session_name", "system_prompt", "stream"),
+    args=(
+        "message",
+        "session",
+        "new_session",
+        "session_name",
+        "system_prompt",
+        "stream",
+        "model",
+        "allow_secrets",
+    ),
 )
 async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     message = required(call.args, "message", str)
     stream = optional(call.args, "stream", bool, False)
+    ask = _ask(runtime, call)
     session = await _session_for_chat(runtime, call)
     session_id_var.set(session.id)
 
@@ -33,9 +44,23 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         await call.emit("chunk", {"text": text})
 
     reply = await runtime.chat.chat(
-        session, call.request_id, message, send_chunk if stream else None, peer_uid=call.peer.uid
+        session,
+        call.request_id,
+        message,
+        send_chunk if stream else None,
+        peer_uid=call.peer.uid,
+        ask=ask,
     )
     return reply.as_dict()
+
+
+def _ask(runtime: Runtime, call: Call) -> Ask:
+    """--model and --allow-secrets, with the peer's role for the model policy."""
+    return Ask(
+        role=runtime.access.role_of(call.peer),
+        model=optional_or_none(call.args, "model", str),
+        allow_secrets=optional(call.args, "allow_secrets", bool, False),
+    )
 
 
 async def _session_for_chat(runtime: Runtime, call: Call) -> Session:

@@ -36,13 +36,16 @@ class GenerationRequest(NamedTuple):
     """Everything a provider needs for one answer.
 
     `turns` is the fitted history, oldest first, ending with the user's new
-    message. `model` None means the provider's configured primary model.
+    message. `model` None means the provider's configured primary model;
+    `max_output_tokens` None means the configured cap (the model policy sets
+    one per role).
     """
 
     request_id: str
     system_prompt: str
     turns: tuple[Turn, ...]
     model: str | None = None
+    max_output_tokens: int | None = None
 
 
 class Answer(NamedTuple):
