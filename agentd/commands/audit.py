@@ -11,6 +11,7 @@ from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
+from agentd.governance.store import findings_for
 from agentd.runtime import Runtime
 from agentd.store import audit, sessions
 
@@ -29,6 +30,9 @@ async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
     query = await _query(runtime, call.args)
     await _flush(runtime)
     rows = await runtime.db.run(audit.recent, query)
+    secrets = await runtime.db.run(findings_for, [r["request_id"] for r in rows])
+    for row in rows:
+        row["secrets"] = secrets.get(row["request_id"], [])  # kinds and counts, never values
     return {"rows": rows}
 
 

@@ -1,10 +1,5 @@
 """Daily token and cost budgets, per uid and in total, kept in the encrypted store.
 
-Table (migration 0004_governance_budgets)::
-
-    budget_usage  day TEXT (UTC date), scope TEXT ('uid:<n>' | 'global'),
-                  tokens INTEGER, cost_usd REAL, PRIMARY KEY (day, scope)
-
 The ledger holds today's rows in memory (a check costs no store round trip)
 and writes each charge through before the reply leaves, so usage survives a
 restart. A day is a UTC day: every budget resets at 00:00 UTC. A chat is
@@ -20,37 +15,9 @@ from typing import Final, NamedTuple
 
 from agentd.errors import BudgetExceeded
 from agentd.governance.settings import BudgetSettings
-from agentd.store.database import Connection, transaction
 
 GLOBAL: Final = "global"
 DAY: Final = 86_400
-
-
-def m0004_governance_budgets(conn: Connection) -> None:
-    conn.execute(
-        """CREATE TABLE budget_usage (
-            day       TEXT NOT NULL,
-            scope     TEXT NOT NULL,
-            tokens    INTEGER NOT NULL DEFAULT 0,
-            cost_usd  REAL NOT NULL DEFAULT 0,
-            PRIMARY KEY (day, scope)
-        )"""
-    )
-    # What the scanner found, per request and kind: classes and counts, never values.
-    # Joins the audit row and the stored messages on request_id.
-    conn.execute(
-        """CREATE TABLE secret_findings (
-            request_id  TEXT NOT NULL,
-            at          REAL NOT NULL,
-            peer_uid    INTEGER NOT NULL,
-            kind        TEXT NOT NULL,
-            class       TEXT NOT NULL,
-            action      TEXT NOT NULL CHECK (action IN ('refuse', 'redact', 'allow')),
-            count       INTEGER NOT NULL,
-            lines       TEXT NOT NULL
-        )"""
-    )
-    conn.execute("CREATE INDEX secret_findings_by_request ON secret_findings (request_id)")
 
 
 class Usage(NamedTuple):
@@ -99,21 +66,6 @@ def utc_day(now: float) -> str:
 
 def next_midnight(now: float) -> float:
     return (now // DAY + 1) * DAY
-
-
-def load_day(conn: Connection, day: str) -> dict[str, Usage]:
-    rows = conn.execute("SELECT scope, tokens, cost_usd FROM budget_usage WHERE day = ?", (day,))
-    return {scope: Usage(tokens, cost) for scope, tokens, cost in rows}
-
-
-def add_usage(conn: Connection, day: str, scopes: tuple[str, ...], usage: Usage) -> None:
-    with transaction(conn):
-        conn.executemany(
-            """INSERT INTO budget_usage (day, scope, tokens, cost_usd) VALUES (?, ?, ?, ?)
-               ON CONFLICT (day, scope) DO UPDATE SET tokens = tokens + excluded.tokens,
-                                                      cost_usd = cost_usd + excluded.cost_usd""",
-            [(day, scope, usage.tokens, usage.cost_usd) for scope in scopes],
-        )
 
 
 class BudgetLedger:

@@ -274,7 +274,16 @@ def build_detectors() -> tuple[Detector, ...]:
             _phone,
             edge=_ALNUM | {"+", "_"},
         ),
-        _d("card-number", "card_number", r"[2-6][0-9](?:[ -]?[0-9]){11,17}", _luhn, edge=_ALNUM),
+        _d(
+            "card-number",
+            "card_number",
+            # 13-19 digits in one run, or grouped as printed (4-4-4-4[-3], Amex 4-6-5);
+            # a number that goes on past the groups (an IBAN, an id) is not a card.
+            r"(?:[2-6][0-9]{12,18}|[2-6][0-9]{3}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{4}(?:\1[0-9]{3})?"
+            r"|3[47][0-9]{2}([ -])[0-9]{6}\2[0-9]{5})(?![ -]?[0-9])",
+            _luhn,
+            edge=_ALNUM,
+        ),
         _d(
             "iban",
             "iban",

@@ -21,12 +21,12 @@ from typing import NamedTuple
 
 from agentd.access import Role
 from agentd.errors import SecretRefused
-from agentd.governance import budgets, policy
+from agentd.governance import budgets, policy, store
 from agentd.governance.budgets import BudgetLedger
 from agentd.governance.scan import Finding, Scanner, Verdict, count_kinds, describe, judge, redact
 from agentd.governance.settings import ModelPolicySettings, ScanSettings
 from agentd.providers import Answer, GenerationRequest, ProviderSettings, Turn
-from agentd.store.database import Connection, Database, transaction
+from agentd.store.database import Database
 from agentd.telemetry.metrics import Registry
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class Gate:
     async def restore(self) -> None:
         """Today's usage recorded before this start."""
         day = self._ledger.today()
-        self._ledger.restore(day, await self._db.run(budgets.load_day, day))
+        self._ledger.restore(day, await self._db.run(store.load_day, day))
         self._publish(self._ledger.statuses(None))
 
     async def screen(self, request_id: str, prompt: str, uid: int, ask: Ask) -> Screened:
@@ -128,7 +128,7 @@ class Gate:
                 screened.uid, answer.model, answer.tokens_in, answer.tokens_out
             )
             scopes = (budgets.uid_scope(screened.uid), budgets.GLOBAL)
-            await self._db.run(budgets.add_usage, day, scopes, added)
+            await self._db.run(store.add_usage, day, scopes, added)
         self._publish(self._ledger.statuses(screened.uid))
         return budgets.warning_text(self._ledger.warnings(screened.uid), self._clock())
 
@@ -153,7 +153,7 @@ class Gate:
         ]
         for _, _, _, kind, _, action, count, _ in rows:
             self._findings.inc(count, kind=kind, action=action)
-        await self._db.run(_insert_findings, rows)
+        await self._db.run(store.insert_findings, rows)
         logger.info(
             "secrets found in a prompt",
             extra={"findings": {f"{r[3]}:{r[5]}": r[6] for r in rows}},
@@ -170,11 +170,6 @@ def _group(findings: tuple[Finding, ...]) -> dict[tuple[str, str], list[int]]:
     for f in findings:
         out.setdefault((f.kind, f.cls), []).append(f.line)
     return out
-
-
-def _insert_findings(conn: Connection, rows: list[tuple[object, ...]]) -> None:
-    with transaction(conn):
-        conn.executemany("INSERT INTO secret_findings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
 
 def _found(findings: tuple[Finding, ...]) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from agentd.governance.budgets import m0004_governance_budgets
+from agentd.governance.store import m0004_governance
 from agentd.store.audit import m0002_audit
 from agentd.store.database import Connection, transaction
 
@@ -56,7 +56,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0001_initial", m0001_initial),
     ("0002_audit", m0002_audit),
     ("0003_pending_index", m0003_pending_index),
-    ("0004_governance_budgets", m0004_governance_budgets),
+    ("0004_governance", m0004_governance),
 ]
 
 
