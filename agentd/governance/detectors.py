@@ -29,11 +29,20 @@ class Detector(NamedTuple):
     check: Callable[[str], bool]  # False: a look-alike, not reported
     edge: frozenset[str]  # characters that must not touch the whole match on either side
     gates: tuple[str, ...]  # for patterns without a literal start: one must occur first
+    left: frozenset[str]  # the match grows left over these characters (at most 64)
 
 
 _ALNUM: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _TOKEN: Final = _ALNUM | {"_", "-"}
 _NONE: Final = frozenset[str]()
+
+
+def grow_left(text: str, start: int, left: frozenset[str]) -> int:
+    """Where a match found at its middle (an e-mail's "@") really starts."""
+    stop = max(0, start - 64)
+    while start > stop and text[start - 1] in left:
+        start -= 1
+    return start
 
 
 def at_edges(text: str, start: int, end: int, edge: frozenset[str]) -> bool:
@@ -84,10 +93,13 @@ def _real_url_password(value: str) -> bool:
     )
 
 
+_NOT_BASE64: Final = re.compile(r"[^A-Za-z0-9+/=]+")
+
+
 def _pem_body(value: str) -> bool:
     """A key block with key material in it, not a header quoted in documentation."""
     body = value.split("-----", 2)[-1]
-    return sum(ch.isalnum() for ch in body) >= 64 and _real(value)
+    return len(_NOT_BASE64.sub("", body)) >= 64 and _real(value)
 
 
 def _jwt(value: str) -> bool:
@@ -137,8 +149,11 @@ def _iban(value: str) -> bool:
 
 
 def _email(value: str) -> bool:
-    domain = value.rsplit("@", 1)[-1].lower()
-    return not (domain.startswith("example.") or domain.endswith((".example", ".invalid", ".test")))
+    local, _, domain = value.rpartition("@")
+    domain = domain.lower()
+    return bool(local) and not (
+        domain.startswith("example.") or domain.endswith((".example", ".invalid", ".test"))
+    )
 
 
 def _phone(value: str) -> bool:
@@ -154,9 +169,10 @@ def _d(
     group: int = 0,
     edge: frozenset[str] = _NONE,
     gates: tuple[str, ...] = (),
+    left: frozenset[str] = _NONE,
     flags: int = 0,
 ) -> Detector:
-    return Detector(kind, cls, re.compile(pattern, flags), group, check, edge, gates)
+    return Detector(kind, cls, re.compile(pattern, flags), group, check, edge, gates, left)
 
 
 _ENV_NAME: Final = r"(?:SECRET|PASSWORD|PASSWD|PASS|PWD|TOKEN|API_KEY|APIKEY|PRIVATE_KEY|ACCESS_KEY)(?:_[A-Z0-9]+)*"
@@ -191,13 +207,16 @@ def build_detectors() -> tuple[Detector, ...]:
             r"(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}",
             edge=_ALNUM,
         ),
-        _d(
-            "aws-secret-key",
-            "cloud_key",
-            r"(?:aws|AWS)_?(?:secret|SECRET)_?(?:access_?|ACCESS_?)?(?:key|KEY)[\"']?\s*[:=]\s*[\"']?"
-            r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
-            group=1,
-            gates=("ecret", "ECRET"),
+        # Two patterns, each with a literal start: one case-insensitive pattern would be
+        # tried at every "a" of the text (0.9 ms per 200 KB instead of 0.06).
+        *(
+            _d(
+                "aws-secret-key",
+                "cloud_key",
+                prefix + r"[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
+                group=1,
+            )
+            for prefix in (r"aws_?secret_?(?:access_?)?key", r"AWS_?SECRET_?(?:ACCESS_?)?KEY")
         ),
         _d(
             "azure-key",
@@ -221,12 +240,14 @@ def build_detectors() -> tuple[Detector, ...]:
             r"https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]+",
             edge=_ALNUM,
         ),
-        _d(
-            "stripe-key",
-            "service_token",
-            r"[sr]k_(?:live|test)_[A-Za-z0-9]{24,}",
-            edge=_ALNUM,
-            gates=("k_live_", "k_test_"),
+        *(
+            _d(
+                "stripe-key",
+                "service_token",
+                prefix + r"_(?:live|test)_[A-Za-z0-9]{24,}",
+                edge=_ALNUM,
+            )
+            for prefix in ("sk", "rk")  # literal starts: see aws-secret-key
         ),
         _d(
             "openai-key",
@@ -263,9 +284,13 @@ def build_detectors() -> tuple[Detector, ...]:
         _d(
             "email",
             "email",
-            r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
+            # Found at its "@" (a literal the engine skips to) and grown to the left over
+            # the local part: a pattern starting with the local part's character class
+            # would be tried at nearly every position (10 ms per 200 KB instead of 1).
+            r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}",
             _email,
             edge=_ALNUM | {".", "%", "+", "-", "_"},
+            left=_ALNUM | {".", "%", "+", "-", "_"},
         ),
         _d(
             "phone",

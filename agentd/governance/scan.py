@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
-from agentd.governance.detectors import Detector, at_edges, build_detectors
+from agentd.governance.detectors import Detector, at_edges, build_detectors, grow_left
 from agentd.governance.settings import CLASSES, ScanSettings
 
 
@@ -64,27 +64,37 @@ class Scanner:
             if detector.gates and not any(gate in text for gate in detector.gates):
                 continue
             for match in detector.pattern.finditer(text):
-                start, end = match.span(detector.group)
-                if _overlaps(spans, start, end) or not _stands(text, match, detector):
-                    continue
-                spans.append((start, end, detector))
+                span = _span(text, match, detector)
+                if span is not None and not _overlaps(spans, *span):
+                    spans.append((*span, detector))
         spans.sort(key=lambda s: s[0])
-        return tuple(_finding(text, start, end, d) for start, end, d in spans)
+        return tuple(_findings(text, spans))
 
 
-def _stands(text: str, match: re.Match[str], detector: Detector) -> bool:
-    """Not a look-alike: alone at its edges, and its value passes the detector's check."""
-    if detector.edge and not at_edges(text, match.start(), match.end(), detector.edge):
-        return False
-    return detector.check(match[detector.group])
+def _span(text: str, match: re.Match[str], detector: Detector) -> tuple[int, int] | None:
+    """The secret's span, or None for a look-alike (not alone at its edges, or its
+    value fails the detector's check)."""
+    start, end = match.span()
+    if detector.left:
+        start = grow_left(text, start, detector.left)
+    if detector.edge and not at_edges(text, start, end, detector.edge):
+        return None
+    if detector.left:
+        return (start, end) if detector.check(text[start:end]) else None
+    return match.span(detector.group) if detector.check(match[detector.group]) else None
 
 
 def _overlaps(spans: Sequence[tuple[int, int, Detector]], start: int, end: int) -> bool:
     return any(start < e and s < end for s, e, _ in spans)
 
 
-def _finding(text: str, start: int, end: int, detector: Detector) -> Finding:
-    return Finding(detector.kind, detector.cls, text.count("\n", 0, start) + 1, start, end)
+def _findings(text: str, spans: list[tuple[int, int, Detector]]) -> Iterator[Finding]:
+    """Findings in text order, counting newlines once through the text, not per finding."""
+    line, counted = 1, 0
+    for start, end, detector in spans:
+        line += text.count("\n", counted, start)
+        counted = start
+        yield Finding(detector.kind, detector.cls, line, start, end)
 
 
 def judge(findings: Sequence[Finding], settings: ScanSettings, override: bool) -> Verdict:
