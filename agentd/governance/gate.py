@@ -118,7 +118,10 @@ class Gate:
         turns.append(Turn(prompt.role, redact(prompt.text, screened.verdict.redacted)))
         cap = policy.max_output_tokens(self._models, screened.role, self._gemini.max_output_tokens)
         return request._replace(
-            turns=tuple(turns), model=screened.model or request.model, max_output_tokens=cap
+            system_prompt=self._redact_history(request.system_prompt),  # a session's own, too
+            turns=tuple(turns),
+            model=screened.model or request.model,
+            max_output_tokens=cap,
         )
 
     async def settle(self, screened: Screened, answer: Answer) -> str | None:
