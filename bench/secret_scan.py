@@ -12,6 +12,11 @@ Cases: a clean prompt (the common one), the same prompt with one planted
 credential of every kind (redacted or refused per the default policy), and a
 clean prompt with every class on, personal data included (off by default).
 The figure is the median of many runs; the target is the issue's: at most 5 ms.
+
+Then whole chats: 32 concurrent chat clients against the instant fake Gemini
+(as chat_throughput), with the scan on (the default policy; every request's
+history is scanned again) and off (`[secrets_scan] enabled = false`), in
+alternating turns, best of each. Target: on >= 0.95x off.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import REPO
-from bench.report import BenchResult, Figure, at_most
+from bench.harness import REPO, Daemon, Workdir, chat_environ, fake_gemini, run_chats
+from bench.report import BenchResult, Figure, at_least, at_most
 
-SUMMARY = "median ms that scanning a 200 KB prompt for secrets adds (target <= 5 ms)"
+SUMMARY = "ms that scanning a 200 KB prompt for secrets adds; chats/s with the scan on vs off"
+WARMED_UP_LOG = "gemini client ready"
 PROMPT_BYTES = 200_000
 TARGET_MS = 5.0
 
@@ -68,6 +74,7 @@ def run(quick: bool) -> BenchResult:
         "planted": len(PLANTED),
         "load_average": os.getloadavg()[0],
     }
+    add_throughput(result, quick)
     result.notes.append(
         "in process; the figure is the scan's whole added cost per chat (it runs once, "
         "before the provider call); PII classes are off by default. Wall time includes "
@@ -124,3 +131,27 @@ def plant(text: str, secrets: list[str]) -> str:
     for index, secret in enumerate(secrets, start=1):
         lines.insert(index * step + index - 1, secret)
     return "\n".join(lines)
+
+
+def add_throughput(result: BenchResult, quick: bool) -> None:
+    """Chats/s with the scan on and off, alternating turns on one fake Gemini."""
+    count, rounds = (160, 1) if quick else (320, 3)
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with Workdir() as workdir, fake_gemini() as fake:
+        env, note = chat_environ(workdir, fake.url)
+        for _ in range(rounds):
+            for case, enabled in (("off", "false"), ("on", "true")):
+                rates[case].append(chat_rate(workdir, {**env, "AGENTD_SECRETS_SCAN__ENABLED": enabled}, count))
+    on, off = max(rates["on"]), max(rates["off"])
+    result.add(Figure("chats/s, scan on (32 clients)", on, "chats/s", "scan off", off, (at_least(0.95, "ratio"),)))
+    result.info["throughput"] = {"count": count, "rounds": rounds, "rates": rates, "settings": note}
+
+
+def chat_rate(workdir: Workdir, env: dict[str, str], count: int) -> float:
+    with Daemon(workdir, env) as daemon:
+        daemon.start()
+        daemon.wait_for_log(WARMED_UP_LOG)
+        run_chats(daemon.socket, 64)  # warm-up: connections, first sessions, patterns compiled
+        rate = float(run_chats(daemon.socket, count)["rate"])
+        daemon.stop()
+    return rate

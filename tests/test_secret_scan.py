@@ -274,3 +274,15 @@ def test_look_alikes_go_through_untouched(
     assert code == 0, err
     assert reply["redacted"] == {}
     assert generate_requests(fake_gemini)[-1].texts[-1] == prompt
+
+
+def test_recalled_findings_are_those_of_a_scan_and_old_texts_are_forgotten() -> None:
+    scanner = Scanner(memo_chars=10_000)
+    text = PLANTED["github-token"][0]
+    assert scanner.recall(text) == scanner.scan(text) != ()
+    shifted = tuple(f._replace(start=f.start + 1, end=f.end + 1) for f in scanner.scan(text))
+    assert scanner.recall("x" + text) == shifted
+    for n in range(20):
+        scanner.recall(str(n) * 1000)
+    assert 9_000 <= scanner.remembered_chars <= 10_000
+    assert scanner.recall(text) == scanner.scan(text)

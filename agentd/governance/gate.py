@@ -102,7 +102,7 @@ class Gate:
     async def screen(self, request_id: str, prompt: str, uid: int, ask: Ask) -> Screened:
         policy.check_model(self._models, ask.role, ask.model, self._gemini.model)
         self._ledger.check(uid)
-        findings = self._scanner.scan(prompt)
+        findings = self._scanner.recall(prompt)
         verdict = judge(findings, self._scan, ask.allow_secrets)
         if findings:
             await self._record(request_id, uid, verdict)
@@ -136,7 +136,7 @@ class Gate:
         return budgets.warning_text(self._ledger.warnings(screened.uid), self._clock())
 
     def _redact_history(self, text: str) -> str:
-        found = [f for f in self._scanner.scan(text) if self._scan.action(f.cls) != "allow"]
+        found = [f for f in self._scanner.recall(text) if self._scan.action(f.cls) != "allow"]
         return redact(text, found) if found else text
 
     async def _record(self, request_id: str, uid: int, verdict: Verdict) -> None:
