@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Callable
@@ -127,6 +128,19 @@ def test_negative_caps_and_a_bad_warning_share_are_config_problems() -> None:
 # -- real chats -----------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def budget_daemon(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> Callable[..., DaemonProcess]:
+    """Factory: a daemon on the fake Gemini (answering "fine") with these settings, not started."""
+
+    def make(**env: str) -> DaemonProcess:
+        fake_gemini.set_default(answer("fine"))
+        return make_daemon(gemini_env(fake_gemini, **env))
+
+    return make
+
+
 def chat(d: DaemonProcess, prompt: str, *args: str) -> tuple[int, dict[str, Any], str]:
     result = d.agentctl("chat", "--json", *args, input=prompt.encode())
     return result.returncode, json.loads(result.stdout), result.stderr.decode()
@@ -143,13 +157,12 @@ def used_tokens(reply: dict[str, Any]) -> int:
 
 
 def test_a_chat_crossing_the_line_is_answered_then_chat_is_refused_even_after_a_restart(
-    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+    budget_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
     """1. a small chat stays under the cap; 2. a long one crosses it mid-day: answered,
     with a warning; 3. the next is refused BUDGET_EXCEEDED (exit 4) and never sent;
     4. after a restart usage is the same and chat is still refused."""
-    fake_gemini.set_default(answer("fine"))
-    d = make_daemon(gemini_env(fake_gemini, AGENTD_BUDGETS__UID_TOKENS_PER_DAY="300")).start()
+    d = budget_daemon(AGENTD_BUDGETS__UID_TOKENS_PER_DAY="300").start()
     code, first, _ = chat(d, "hello")
     assert code == 0 and first["budget_warning"] is None
     assert used_tokens(first) < 240
@@ -173,16 +186,9 @@ def test_a_chat_crossing_the_line_is_answered_then_chat_is_refused_even_after_a_
     assert len(fake_gemini.requests) == sent
 
 
-def test_the_warning_line_goes_to_stderr(
-    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
-) -> None:
-    fake_gemini.set_default(answer("fine"))
-    d = make_daemon(
-        gemini_env(
-            fake_gemini,
-            AGENTD_BUDGETS__GLOBAL_TOKENS_PER_DAY="1000000",
-            AGENTD_BUDGETS__WARN_RATIO="0.000001",
-        )
+def test_the_warning_line_goes_to_stderr(budget_daemon: Callable[..., DaemonProcess]) -> None:
+    d = budget_daemon(
+        AGENTD_BUDGETS__GLOBAL_TOKENS_PER_DAY="1000000", AGENTD_BUDGETS__WARN_RATIO="0.000001"
     ).start()
     result = d.agentctl("chat", "hello")
     assert result.returncode == 0
@@ -190,11 +196,8 @@ def test_the_warning_line_goes_to_stderr(
     assert b"agentctl: warning: daily budget nearly used: global tokens" in result.stderr
 
 
-def test_a_cost_cap_refuses_with_the_estimate(
-    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
-) -> None:
-    fake_gemini.set_default(answer("fine"))
-    d = make_daemon(gemini_env(fake_gemini, AGENTD_BUDGETS__UID_COST_USD_PER_DAY="0.00001")).start()
+def test_a_cost_cap_refuses_with_the_estimate(budget_daemon: Callable[..., DaemonProcess]) -> None:
+    d = budget_daemon(AGENTD_BUDGETS__UID_COST_USD_PER_DAY="0.00001").start()
     assert chat(d, "y" * 400)[0] == 0
     code, _, err = chat(d, "again")
     assert code == 4
@@ -207,16 +210,9 @@ def test_a_cost_cap_refuses_with_the_estimate(
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a client under another uid")
 def test_a_user_sees_their_own_budget_and_an_admin_sees_every_uid(
-    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+    budget_daemon: Callable[..., DaemonProcess],
 ) -> None:
-    fake_gemini.set_default(answer("fine"))
-    d = make_daemon(
-        gemini_env(
-            fake_gemini,
-            AGENTD_DAEMON__SOCKET_GROUP=GROUP,
-            AGENTD_BUDGETS__UID_TOKENS_PER_DAY="5000",
-        )
-    )
+    d = budget_daemon(AGENTD_DAEMON__SOCKET_GROUP=GROUP, AGENTD_BUDGETS__UID_TOKENS_PER_DAY="5000")
     open_path_to_others(Path(d.socket).parent)
     d.start()
     assert as_user(d, OUTSIDER, GROUP, "chat", "hi").returncode == 0
@@ -244,3 +240,46 @@ def test_budget_prints_a_table(daemon: DaemonProcess) -> None:
     assert lines[0].split() == ["BUDGET", "USED", "LIMIT", "USE", "RESETS"]
     assert any(line.startswith("global tokens") and " none " in line for line in lines)
     assert "costs estimated with prices as of 2025-07-22" in lines[-1]
+
+
+# -- the usage writer, on a real SQLCipher file ---------------------------------------------------
+
+
+def test_concurrent_charges_are_all_committed_even_when_a_waiter_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """1. 40 chats charge at once, one of them cancelled while it waits for the commit;
+    2. every charge is in the store, the cancelled one too (the ledger counted it)."""
+    from agentd.governance import store
+    from agentd.governance.usage_writer import UsageWriter
+    from agentd.secrets import Secret
+    from agentd.store.database import Database
+    from agentd.store.migrations import migrate
+
+    async def scenario() -> dict[str, Usage]:
+        db = Database(tmp_path / "agentd.db", Secret("5a" * 32))
+        await db.open()
+        await db.run(migrate)
+        writer = UsageWriter(db)
+        charges = [
+            asyncio.create_task(
+                writer.write("2025-12-03", (f"uid:{n % 2}", "global"), Usage(10, 0.5))
+            )
+            for n in range(40)
+        ]
+        await asyncio.sleep(0)  # one loop turn: each task runs to its first await (charged, waiting)
+        charges[7].cancel()
+        results = await asyncio.gather(*charges, return_exceptions=True)
+        assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 1
+        await asyncio.wait_for(writer.write("2025-12-03", (), Usage()), 5)  # after the last commit
+        try:
+            return await db.run(store.load_day, "2025-12-03")
+        finally:
+            await db.close()
+
+    rows = asyncio.run(scenario())
+    assert rows == {
+        "uid:0": Usage(200, 10.0),
+        "uid:1": Usage(200, 10.0),
+        "global": Usage(400, 20.0),
+    }

@@ -25,6 +25,7 @@ from agentd.governance import budgets, policy, store
 from agentd.governance.budgets import BudgetLedger
 from agentd.governance.scan import Finding, Scanner, Verdict, count_kinds, describe, judge, redact
 from agentd.governance.settings import ModelPolicySettings, ScanSettings
+from agentd.governance.usage_writer import UsageWriter
 from agentd.providers import Answer, GenerationRequest, ProviderSettings, Turn
 from agentd.store.database import Database
 from agentd.telemetry.metrics import Registry
@@ -76,6 +77,7 @@ class Gate:
         self._db = db
         self._clock = clock
         self._scanner = Scanner.for_policy(scan)
+        self._usage = UsageWriter(db)
         self._findings = registry.counter(
             "secret_findings_total",
             "Credentials (and personal data) found in prompts, by kind and what was done.",
@@ -131,7 +133,7 @@ class Gate:
                 screened.uid, answer.model, answer.tokens_in, answer.tokens_out
             )
             scopes = (budgets.uid_scope(screened.uid), budgets.GLOBAL)
-            await self._db.run(store.add_usage, day, scopes, added)
+            await self._usage.write(day, scopes, added)
         self._publish(self._ledger.statuses(screened.uid))
         return budgets.warning_text(self._ledger.warnings(screened.uid), self._clock())
 

@@ -43,17 +43,9 @@ class ScanSettings:
     phone: str = "allow"
     card_number: str = "allow"
     iban: str = "allow"
-    # Classes `chat --allow-secrets` may let through for one message.
-    overridable: tuple[str, ...] = (
-        "service_token",
-        "url_password",
-        "env_secret",
-        "jwt",
-        "email",
-        "phone",
-        "card_number",
-        "iban",
-    )
+    # Classes `chat --allow-secrets` may let through for one message: all but
+    # private_key and cloud_key.
+    overridable: tuple[str, ...] = CLASSES[2:]
 
     def action(self, cls: str) -> str:
         action: str = getattr(self, cls)

@@ -15,7 +15,7 @@ secret_findings says what of it was redacted, refused or let through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentd.governance.budgets import Usage
@@ -54,13 +54,14 @@ def load_day(conn: Connection, day: str) -> dict[str, Usage]:
     return {scope: Usage(tokens, cost) for scope, tokens, cost in rows}
 
 
-def add_usage(conn: Connection, day: str, scopes: tuple[str, ...], usage: Usage) -> None:
+def add_usages(conn: Connection, usage: Mapping[tuple[str, str], Usage]) -> None:
+    """Add to each (day, scope) row, in one transaction."""
     with transaction(conn):
         conn.executemany(
             """INSERT INTO budget_usage (day, scope, tokens, cost_usd) VALUES (?, ?, ?, ?)
                ON CONFLICT (day, scope) DO UPDATE SET tokens = tokens + excluded.tokens,
                                                       cost_usd = cost_usd + excluded.cost_usd""",
-            [(day, scope, usage.tokens, usage.cost_usd) for scope in scopes],
+            [(day, scope, u.tokens, u.cost_usd) for (day, scope), u in usage.items()],
         )
 
 
