@@ -52,6 +52,7 @@ class Screened(NamedTuple):
     uid: int
     role: Role
     model: str | None
+    allow_secrets: bool
     verdict: Verdict
 
     @property
@@ -112,12 +113,15 @@ class Gate:
             raise SecretRefused(
                 _refusal(verdict.refused, self._scan), found=_found(verdict.refused)
             )
-        return Screened(uid, ask.role, ask.model, verdict)
+        return Screened(uid, ask.role, ask.model, ask.allow_secrets, verdict)
 
     def apply(self, request: GenerationRequest, screened: Screened) -> GenerationRequest:
         *history, prompt = request.turns
         turns = [Turn(t.role, self._redact_history(t.text)) for t in history]
-        turns.append(Turn(prompt.role, redact(prompt.text, screened.verdict.redacted)))
+        # Judged again on the text as it is sent (a remembered scan: no second cost), so
+        # the spans redacted are always this text's own.
+        verdict = judge(self._scanner.recall(prompt.text), self._scan, screened.allow_secrets)
+        turns.append(Turn(prompt.role, redact(prompt.text, verdict.redacted + verdict.refused)))
         cap = policy.max_output_tokens(self._models, screened.role, self._gemini.max_output_tokens)
         return request._replace(
             system_prompt=self._redact_history(request.system_prompt),  # a session's own, too
