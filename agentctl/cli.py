@@ -310,10 +310,11 @@ def main() -> None:
 def _register_commands() -> None:
     """The conversation and operations commands live in their own modules, which build
     on the helpers above (so they are imported last)."""
-    from agentctl import conversation, ops
+    from agentctl import budget, conversation, ops
 
     conversation.register(cli)
     ops.register(cli)
+    budget.register(cli)
 
 
 _register_commands()

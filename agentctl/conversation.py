@@ -36,6 +36,12 @@ FRAME_ROOM = 4096  # what a chat request holds beside the prompt (names, system 
 @click.option(
     "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
 )
+@click.option("--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role).")
+@click.option(
+    "--allow-secrets",
+    is_flag=True,
+    help="Send credentials found in this message as they are, where [secrets_scan] permits it.",
+)
 @json_option
 def chat(
     message: str | None,
@@ -44,6 +50,8 @@ def chat(
     session_name: str | None,
     system_prompt: str | None,
     no_stream: bool,
+    model: str | None,
+    allow_secrets: bool,
 ) -> None:
     """Ask the agent. Exit 5 when the answer is degraded (not from the model)."""
     opts = options()
@@ -61,6 +69,7 @@ def chat(
     args: dict[str, Any] = {"message": prompt, "stream": not (no_stream or opts.json)}
     if session_ref:
         args["session"] = session_ref
+    args.update(_governance_args(model, allow_secrets))
     if new_session:
         args["new_session"] = True
         if session_name is not None:
@@ -119,6 +128,13 @@ def check_prompt_size(client: Client, prompt: str) -> None:
             )
 
 
+def _governance_args(model: str | None, allow_secrets: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {"model": model} if model else {}
+    if allow_secrets:
+        args["allow_secrets"] = True
+    return args
+
+
 def compose_prompt(message: str | None, stdin: Any) -> str:
     piped = "" if stdin is None or stdin.isatty() else _read_stdin(stdin)
     parts = [p for p in (message, piped) if p and p.strip()]
@@ -164,9 +180,24 @@ def _print_answer(result: dict[str, Any], streamed: list[str], *, as_json: bool)
     sys.stdout.flush()
     if result.get("notice"):
         click.echo(f"agentctl: note: {visible(str(result['notice']))}", err=True)
+    _print_governance(result)
     if result.get("degraded"):
         what = _NOT_COMPLETE.get(str(result.get("status")), "degraded answer: not from the model")
         click.echo(style(f"agentctl: {what} (exit 5)", fg="yellow"), err=True)
+
+
+def _print_governance(result: dict[str, Any]) -> None:
+    """Secrets replaced before sending, and a budget nearing its cap: on stderr."""
+    redacted = result.get("redacted") or {}
+    if redacted:
+        total = sum(redacted.values())
+        kinds = ", ".join(f"{kind} x{count}" for kind, count in sorted(redacted.items()))
+        click.echo(
+            f"agentctl: note: {total} secret{'s' if total != 1 else ''} redacted before sending ({kinds})",
+            err=True,
+        )
+    if result.get("budget_warning"):
+        click.echo(style(f"agentctl: warning: {result['budget_warning']}", fg="yellow"), err=True)
 
 
 @click.group(invoke_without_command=True)

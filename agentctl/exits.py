@@ -8,7 +8,7 @@ OK: Final = 0
 FAILED: Final = 1
 USAGE: Final = 2
 NOT_RUNNING: Final = 3
-RETRY_LATER: Final = 4  # rate limited or busy
+RETRY_LATER: Final = 4  # rate limited, busy, or a daily budget used up
 DEGRADED: Final = 5  # answered, but by the fallback, not the model
 PERMISSION: Final = 6
 
@@ -23,6 +23,8 @@ BY_ERROR_CODE: Final = {
     "SHUTTING_DOWN": NOT_RUNNING,
     "DISK_FULL": FAILED,  # named for the reader: a lasting condition, not "retry later"
     "STORE_UNAVAILABLE": FAILED,
+    "BUDGET_EXCEEDED": RETRY_LATER,
+    "SECRET_REFUSED": FAILED,
 }
 
 

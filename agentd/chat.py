@@ -1,8 +1,10 @@
 """The chat pipeline, in order:
 
-    validate → admit (bounded queue) → persist the user turn → build the context
-    (history within a token budget) → provider (timeouts, retries, breaker,
-    fallback, degraded answer) → persist the answer → reply
+    validate → govern (model policy, budgets, secret scan: governance/gate.py)
+    → admit (bounded queue) → persist the user turn → build the context
+    (history within a token budget) → redact → provider (timeouts, retries,
+    breaker, fallback, degraded answer) → persist the answer → charge the
+    budgets → reply
 
 The user turn is committed before the provider is called, and the answer is
 committed before the reply leaves, so an answer a client saw is never lost.
@@ -21,6 +23,7 @@ from typing import Any, Final
 
 from agentd.config import ChatSettings
 from agentd.errors import BadRequest
+from agentd.governance.gate import PLAIN_ASK, Ask, Gate, Screened
 from agentd.lifecycle import Lifecycle
 from agentd.limits import AdmissionQueue
 from agentd.providers import (
@@ -58,6 +61,8 @@ class ChatReply:
     notice: str | None
     error_kind: str | None
     status: str  # the stored status: complete, incomplete, truncated, empty, blocked, degraded
+    redacted: dict[str, int]  # secrets replaced by placeholders before sending, per kind
+    budget_warning: str | None  # a budget passed its warning share
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,6 +79,8 @@ class ChatReply:
             "notice": self.notice,
             "error_kind": self.error_kind,
             "status": self.status,
+            "redacted": self.redacted,
+            "budget_warning": self.budget_warning,
         }
 
 
@@ -139,6 +146,7 @@ class ChatPipeline:
         lifecycle: Lifecycle,
         limiter: RequestLimiter,
         metrics: Instruments,
+        gate: Gate,
     ) -> None:
         self._settings = settings
         self._gemini = gemini
@@ -147,6 +155,7 @@ class ChatPipeline:
         self._lifecycle = lifecycle
         self._limiter = limiter
         self._metrics = metrics
+        self._gate = gate
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
 
     async def chat(
@@ -158,13 +167,16 @@ class ChatPipeline:
         *,
         peer_uid: int,
         on_wait: OnWait | None = None,
+        ask: Ask = PLAIN_ASK,
     ) -> ChatReply:
         validate_prompt(prompt, self._settings.max_prompt_bytes)
         self._limiter.check(peer_uid, session.id, CHAT)  # RATE_LIMITED with retry_after
+        # Governance: FORBIDDEN model, BUDGET_EXCEEDED, SECRET_REFUSED; nothing stored or sent.
+        screened = await self._gate.screen(request_id, prompt, peer_uid, ask)
         async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
             self._lifecycle.begin_work()
             try:
-                return await self._answer(session, request_id, prompt, on_chunk, on_wait)
+                return await self._answer(session, request_id, prompt, on_chunk, on_wait, screened)
             finally:
                 self._lifecycle.end_work()
 
@@ -175,6 +187,7 @@ class ChatPipeline:
         prompt: str,
         on_chunk: OnChunk | None,
         on_wait: OnWait | None,
+        screened: Screened,
     ) -> ChatReply:
         started = time.monotonic()
         # run_checked: refused (STORE_UNAVAILABLE) if the database files were replaced.
@@ -183,6 +196,7 @@ class ChatPipeline:
         )
         try:
             request, left_out = await self._build_request(session, request_id, prompt)
+            request = self._gate.apply(request, screened)  # redacted; model and cap per role
             asked = time.monotonic()
             answer = await self._provider.generate(request, on_chunk, on_wait=on_wait)
             self._metrics.observe_provider(time.monotonic() - asked)
@@ -193,6 +207,7 @@ class ChatPipeline:
             # Cancelled (client gone, shutdown) or failed: the prompt stays, marked interrupted.
             await asyncio.shield(self._db.run(messages.mark_interrupted, user_turn))
             raise
+        budget_warning = await self._gate.settle(screened, answer)
         latency_ms = (time.monotonic() - started) * 1000
         logger.info(
             "chat answered",
@@ -223,6 +238,8 @@ class ChatPipeline:
             notice=_notice(answer, left_out),
             error_kind=answer.error_kind,
             status=str(answer.status),
+            redacted=screened.redacted,
+            budget_warning=budget_warning,
         )
 
     async def _build_request(

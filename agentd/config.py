@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from agentd.errors import ConfigError
+from agentd.governance.settings import BudgetSettings, ModelPolicySettings, ScanSettings
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
@@ -108,6 +109,9 @@ class Config:
     limits: LimitSettings = field(default_factory=LimitSettings)
     health: HealthSettings = field(default_factory=HealthSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    secrets_scan: ScanSettings = field(default_factory=ScanSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -128,6 +132,9 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "limits": LimitSettings,
     "health": HealthSettings,
     "pricing": PricingSettings,
+    "secrets_scan": ScanSettings,
+    "budgets": BudgetSettings,
+    "model_policy": ModelPolicySettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -384,7 +391,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
     for name, problem in config.gemini.problems():
         raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
-    for section in ("limits", "health", "pricing"):
+    for section in ("limits", "health", "pricing", "secrets_scan", "budgets", "model_policy"):
         for name, problem in getattr(config, section).problems():
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")

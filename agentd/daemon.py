@@ -24,6 +24,8 @@ from agentd.commands import load_commands
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
+from agentd.governance.budgets import BudgetLedger
+from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle, State
 from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
@@ -183,6 +185,8 @@ class Daemon:
             error_window_s=self.config.health.error_window_s,
         )
         limiter = RequestLimiter(self.config.limits)
+        gate = self._gate(metrics)
+        await gate.restore()
         chat = ChatPipeline(
             self.config.chat,
             self.config.gemini,
@@ -191,6 +195,7 @@ class Daemon:
             self.lifecycle,
             limiter,
             metrics,
+            gate,
         )
         self.runtime = Runtime(
             config=self.config,
@@ -210,6 +215,7 @@ class Daemon:
             audit=AuditWriter(self._db, anchor=self._anchor),
             limiter=limiter,
             key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
+            gate=gate,
         )
         await restore_counters(self.runtime)
         self.runtime.metrics.starts.inc()
@@ -232,6 +238,12 @@ class Daemon:
         """The database files were deleted or replaced under us: ERROR at once."""
         if self.runtime is not None:
             report(self.runtime, "store", Level.FAILED, reason)
+
+    def _gate(self, metrics: Instruments) -> Gate:
+        assert self._db is not None
+        c = self.config
+        ledger = BudgetLedger(c.budgets, c.pricing.prices())
+        return Gate(c.secrets_scan, c.model_policy, c.gemini, ledger, self._db, metrics.registry)
 
     def _create_provider(self) -> ResilientProvider:
         key = load_gemini_key(self.config, self.paths, self._environ)

@@ -11,7 +11,9 @@ AgentdError                      root; never escapes to the wire untranslated
 │   ├── RateLimited              RATE_LIMITED (retry_after)
 │   ├── Busy                     BUSY
 │   ├── ShuttingDown             SHUTTING_DOWN
-│   └── NotFound                 NOT_FOUND
+│   ├── NotFound                 NOT_FOUND
+│   ├── SecretRefused            SECRET_REFUSED (the prompt holds a credential the policy refuses)
+│   └── BudgetExceeded           BUDGET_EXCEEDED (a daily token or cost cap is used up)
 ├── StoreError                   SQLCipher failed (disk full, read-only, corrupt)
 │   ├── DiskFull                 DISK_FULL: also a RequestError
 │   └── StoreUnavailable         STORE_UNAVAILABLE: the files were deleted or
@@ -102,3 +104,11 @@ class DiskFull(StoreError, RequestError):
 
 class StoreUnavailable(StoreError, RequestError):
     code = ErrorCode.STORE_UNAVAILABLE
+
+
+class SecretRefused(RequestError):
+    code = ErrorCode.SECRET_REFUSED
+
+
+class BudgetExceeded(RequestError):
+    code = ErrorCode.BUDGET_EXCEEDED

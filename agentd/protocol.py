@@ -54,6 +54,8 @@ class ErrorCode:
     DISK_FULL: Final = "DISK_FULL"
     STORE_UNAVAILABLE: Final = "STORE_UNAVAILABLE"
     INTERNAL: Final = "INTERNAL"
+    SECRET_REFUSED: Final = "SECRET_REFUSED"
+    BUDGET_EXCEEDED: Final = "BUDGET_EXCEEDED"
 
 
 class ProtocolError(Exception):

@@ -14,6 +14,7 @@ from agentd import __version__
 from agentd.access import AccessPolicy
 from agentd.chat import ChatPipeline
 from agentd.config import Config
+from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle
 from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
@@ -47,6 +48,7 @@ class Runtime:
     audit: AuditWriter  # one row per request; chat rows committed before the reply
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
     key_check: GeminiKeyCheck  # the cached result of provider.check_key()
+    gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     version: str = __version__

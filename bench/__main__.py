@@ -29,6 +29,7 @@ BENCHES: Final = (
     "chat_throughput",
     "store_scale",
     "rate_limit",
+    "secret_scan",
 )
 
 

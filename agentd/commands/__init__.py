@@ -58,7 +58,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {}
 
-MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat", "history")
+MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat", "history", "budget")
 
 
 def command(

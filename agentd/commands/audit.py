@@ -11,6 +11,7 @@ from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
 from agentd.commands import Call, command
 from agentd.commands.args import epoch_or_none, optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
+from agentd.governance.store import findings_for
 from agentd.runtime import Runtime
 from agentd.store import audit, messages, sessions
 from agentd.store.database import Connection
@@ -29,7 +30,11 @@ async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Recent rows, newest first, with filters."""
     query = await _query(runtime, call.args, call.peer.uid)
     await _flush(runtime)
-    return {"rows": await runtime.db.run(_rows_with_answers, query)}
+    rows = await runtime.db.run(_rows_with_answers, query)
+    secrets = await runtime.db.run(findings_for, [r["request_id"] for r in rows])
+    for row in rows:
+        row["secrets"] = secrets.get(row["request_id"], [])  # kinds and counts, never values
+    return {"rows": rows}
 
 
 def _rows_with_answers(conn: Connection, query: audit.AuditQuery) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from agentd.chat import validate_session_name, validate_system_prompt
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, Forbidden, NotFound
+from agentd.governance.gate import Ask
 from agentd.ownership import ALL_USERS, note_owner, owner_for
 from agentd.providers.base import Wait
 from agentd.runtime import Runtime
@@ -31,11 +32,21 @@ LISTED_BYTES: Final = 300  # a listed session but its name, packed, with room to
     role=Role.CHAT,
     cost="chat",
     long_running=True,
-    args=("message", "session", "new_session", "session_name", "system_prompt", "stream"),
+    args=(
+        "message",
+        "session",
+        "new_session",
+        "session_name",
+        "system_prompt",
+        "stream",
+        "model",
+        "allow_secrets",
+    ),
 )
 async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     message = required(call.args, "message", str)
     stream = optional(call.args, "stream", bool, False)
+    ask = _ask(runtime, call)
     session = await _session_for_chat(runtime, call)
     session_id_var.set(session.id)
 
@@ -53,8 +64,18 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         send_chunk if stream else None,
         peer_uid=call.peer.uid,
         on_wait=send_wait,
+        ask=ask,
     )
     return reply.as_dict()
+
+
+def _ask(runtime: Runtime, call: Call) -> Ask:
+    """--model and --allow-secrets, with the peer's role for the model policy."""
+    return Ask(
+        role=runtime.access.role_of(call.peer),
+        model=optional_or_none(call.args, "model", str),
+        allow_secrets=optional(call.args, "allow_secrets", bool, False),
+    )
 
 
 async def _session_for_chat(runtime: Runtime, call: Call) -> Session:

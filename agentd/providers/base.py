@@ -66,9 +66,10 @@ class GenerationRequest(NamedTuple):
     """Everything a provider needs for one answer.
 
     `turns` is the fitted history, oldest first, ending with the user's new
-    message. `model` None means the provider's configured primary model.
-    `max_answer_bytes`: the answer's text is cut there (UTF-8 bytes) and the
-    rest is not read; None: no limit.
+    message. `model` None means the provider's configured primary model;
+    `max_output_tokens` None means the configured cap (the model policy sets
+    one per role). `max_answer_bytes`: the answer's text is cut there (UTF-8
+    bytes) and the rest is not read; None: no limit.
     """
 
     request_id: str
@@ -76,6 +77,7 @@ class GenerationRequest(NamedTuple):
     turns: tuple[Turn, ...]
     model: str | None = None
     max_answer_bytes: int | None = None
+    max_output_tokens: int | None = None
 
 
 class Answer(NamedTuple):

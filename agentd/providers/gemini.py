@@ -90,7 +90,7 @@ class GeminiProvider(Provider):
         client = await self._require_client()
         model = request.model or self._settings.model
         contents = _contents(request.turns)
-        config = _config(self._settings, request.system_prompt)
+        config = _config(self._settings, request.system_prompt, request.max_output_tokens)
         reading = _Reading(request.max_answer_bytes)
         if on_chunk is None:
             with translate_errors(), _body_bound(request.max_answer_bytes):
@@ -219,13 +219,15 @@ def _contents(turns: tuple[Turn, ...]) -> list[types.Content]:
     return [types.Content(role=turn.role, parts=[types.Part(text=turn.text)]) for turn in turns]
 
 
-def _config(settings: ProviderSettings, system_prompt: str) -> types.GenerateContentConfig:
+def _config(
+    settings: ProviderSettings, system_prompt: str, max_output_tokens: int | None
+) -> types.GenerateContentConfig:
     from google.genai import types
 
     return types.GenerateContentConfig(
         system_instruction=system_prompt or None,
         temperature=settings.temperature,
-        max_output_tokens=settings.max_output_tokens,
+        max_output_tokens=max_output_tokens or settings.max_output_tokens,
         # No tools are declared; disabling AFC also skips its per-call log line.
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )

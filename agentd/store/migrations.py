@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from agentd.governance.store import m0006_governance
 from agentd.store.audit import m0002_audit, m0005_audit_owner
 from agentd.store.database import Connection, transaction
 
@@ -96,6 +97,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0003_pending_index", m0003_pending_index),
     ("0004_session_owner", m0004_session_owner),
     ("0005_audit_owner", m0005_audit_owner),
+    ("0006_governance", m0006_governance),
 ]
 
 

@@ -78,7 +78,11 @@ class PricingSettings:
     because every config value is a scalar or a list of strings (and so can
     come from one environment variable: AGENTD_PRICING__MODELS="a=1/2,b=3/4").
     Tokens of a model without a price are counted but cost nothing here.
+    `as_of` dates the table: budgets and `agentctl budget` say which prices
+    their estimates use.
     """
+
+    as_of: str = "2025-07-22"
 
     models: tuple[str, ...] = (
         "gemini-flash-latest=0.30/2.50",
