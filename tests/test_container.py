@@ -38,7 +38,7 @@ from typing import Any, Final
 import pytest
 
 from tests.conftest import REPO, TEST_API_KEY, gemini_env, run_agentctl, wait_until
-from tests.fake_gemini import FakeGemini, answer
+from tests.fake_gemini import FakeGemini, answer, hang
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -356,6 +356,28 @@ def test_podman_stop_drains_an_in_flight_chat_and_exits_0(
     out, err = chat.communicate(timeout=30)
     assert (chat.returncode, out.decode().strip()) == (0, "finished during the drain"), err
     assert container.exit_code() == 0, container.logs()
+
+
+def test_a_chat_outlasting_the_drain_grace_is_cut_before_the_engine_kills(
+    start_container: StartContainer, fake_gemini: FakeGemini, podman: Podman
+) -> None:
+    """1. A chat hangs at the model, with no timeout of agentd's own to end it first.
+    2. `podman stop`: SIGTERM, then SIGKILL after the engine's default 10 s.
+    3. The image's drain grace (8 s) ends first: agentd marks the chat interrupted and
+       exits 0 itself; with the production profile's 20 s it would be killed (137)."""
+    fake_gemini.push(hang())
+    slow_model = {"AGENTD_GEMINI__ATTEMPT_TIMEOUT_S": "60", "AGENTD_GEMINI__DEADLINE_S": "90"}
+    container = start_container(network="host", env={**fake_gemini_env(fake_gemini), **slow_model})
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "agentctl", "--socket", str(container.socket), "chat", "hi"],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    fake_gemini.wait_for_requests(1, timeout=30)
+    podman.run("stop", container.name, timeout=60)
+    chat.wait(timeout=30)
+    assert container.exit_code() == 0, container.logs()
+    assert "interrupted" in container.logs()
 
 
 def test_a_new_container_on_the_same_volumes_restores_the_session(
