@@ -103,9 +103,11 @@ def write_host_config(base: Path) -> dict[str, str]:
     """containers.conf, registries.conf and a build-only pip.conf; the env that selects them."""
     # File locks under our own tmp_dir: podman's default shm locks are one host-wide
     # segment, which storages of different roots would share and collide in.
+    # Networks (podman-compose creates one) are defined in our directory, not the host's.
     (base / "containers.conf").write_text(
         '[containers]\ndefault_ulimits = ["nofile=4096:4096", "nproc=4096:4096"]\n'
         f'[engine]\nlock_type = "file"\ntmp_dir = "{base / "tmp"}"\n'
+        f'[network]\nnetwork_config_dir = "{base / "networks"}"\n'
     )
     # Short names resolve to local images only: nothing is ever pulled.
     (base / "registries.conf").write_text('unqualified-search-registries = []\n')
@@ -119,9 +121,10 @@ def write_host_config(base: Path) -> dict[str, str]:
 
 
 def host_ca_bundle() -> str:
-    return os.environ.get("PIP_CERT") or ssl.get_default_verify_paths().cafile or (
-        "/etc/ssl/certs/ca-certificates.crt"
-    )
+    """The CA bundle the host's own pip trusts (it may hold a TLS-inspecting proxy's CA)."""
+    candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"),
+                  "/etc/ssl/certs/ca-certificates.crt", ssl.get_default_verify_paths().cafile)
+    return next(c for c in candidates if c and Path(c).is_file())
 
 
 def import_base_image(podman: Podman) -> None:
@@ -130,8 +133,8 @@ def import_base_image(podman: Podman) -> None:
         ["mmdebstrap", "--variant=minbase", "bookworm", str(tarball)], env=podman.env,
         capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL,
     )  # fmt: skip
-    if made.returncode != 0:  # the Debian mirror is out of reach: nothing to test with
-        pytest.skip(f"mmdebstrap could not build the base image: {made.stderr[-500:]}")
+    if made.returncode != 0:  # as a rule, the Debian mirror is out of reach
+        pytest.skip(f"mmdebstrap could not make the base image: {made.stderr[-500:]}")
     podman.run("import", str(tarball), BASE_IMAGE, timeout=300)
     tarball.unlink()
 
@@ -405,3 +408,43 @@ def test_logs_are_json_lines_on_stdout_and_stderr(start_container: StartContaine
     lines = [line for line in container.logs().splitlines() if line.startswith("{")]
     records = [json.loads(line) for line in lines]
     assert any("ready on /run/agentd/agentd.sock" in r["message"] for r in records)
+
+
+# -- compose -----------------------------------------------------------------------
+
+
+def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeout(
+    podman: Podman, tmp_path: Path
+) -> None:
+    """podman-compose reads container/compose.yaml and would run the image with the two
+    volumes, both secrets at /run/secrets/NAME, SIGTERM and a 10 s stop timeout
+    (--dry-run: it prints the run and stop commands; the image is tagged so none is built)."""
+    if shutil.which("podman-compose", path=SBIN_PATH) is None:
+        pytest.skip("needs podman-compose: apt-get install podman-compose (.ci/run does)")
+    podman.run("tag", IMAGE, "localhost/agentd:latest")
+    project = tmp_path / "container"
+    (project / "secrets").mkdir(parents=True)
+    shutil.copy(REPO / "container" / "compose.yaml", project)
+    for name in SECRETS:
+        (project / "secrets" / name).write_text("placeholder\n")
+    up = compose(podman, project, "up", "--detach")
+    run_line = next(line for line in up.splitlines() if " run --name=" in line)
+    for expected in (
+        ":/var/lib/agentd", ":/run/agentd", "secrets/db-key:/run/secrets/db-key:ro",
+        "secrets/gemini-api-key:/run/secrets/gemini-api-key:ro", "--stop-signal SIGTERM",
+        "-e AGENTD_DAEMON__SHUTDOWN_GRACE_S=8", "localhost/agentd:latest",
+    ):  # fmt: skip
+        assert expected in run_line, (expected, run_line)
+    assert " stop -t 10 " in compose(podman, project, "down")
+
+
+def compose(podman: Podman, project: Path, *args: str) -> str:
+    global_args = " ".join(podman.command()[1:])  # --root, --runroot, --runtime
+    result = subprocess.run(
+        ["podman-compose", "--dry-run", "--podman-args", global_args,
+         "-f", str(project / "compose.yaml"), *args],
+        cwd=project, env=podman.env, capture_output=True, text=True, timeout=120, check=False,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
