@@ -21,6 +21,7 @@ the socket volume's directory on the host.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -76,27 +77,42 @@ class Podman:
         runc = shutil.which("runc", path=SBIN_PATH)
         assert runc is not None
         return [
-            "podman", "--root", str(self.base / "storage"), "--runroot", str(self.base / "run"),
-            "--runtime", runc, *args,
-        ]  # fmt: skip
+            "podman",
+            "--root",
+            str(self.base / "storage"),
+            "--runroot",
+            str(self.base / "run"),
+            "--runtime",
+            runc,
+            *args,
+        ]
 
     def run(
         self, *args: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            self.command(*args), env=self.env, capture_output=True, text=True,
-            timeout=timeout, check=False, stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+            self.command(*args),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"podman {' '.join(args)}: exit {result.returncode}\n"
-                                 f"{result.stdout[-3000:]}{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"podman {' '.join(args)}: exit {result.returncode}\n"
+                f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            )
         return result
 
     def inspect(self, name: str, template: str) -> str:
         return self.run("inspect", name, "--format", template).stdout.strip()
 
     def volume_path(self, name: str) -> Path:
-        return Path(self.run("volume", "inspect", name, "--format", "{{.Mountpoint}}").stdout.strip())
+        return Path(
+            self.run("volume", "inspect", name, "--format", "{{.Mountpoint}}").stdout.strip()
+        )
 
 
 def write_host_config(base: Path) -> dict[str, str]:
@@ -110,7 +126,7 @@ def write_host_config(base: Path) -> dict[str, str]:
         f'[network]\nnetwork_config_dir = "{base / "networks"}"\n'
     )
     # Short names resolve to local images only: nothing is ever pulled.
-    (base / "registries.conf").write_text('unqualified-search-registries = []\n')
+    (base / "registries.conf").write_text("unqualified-search-registries = []\n")
     (base / "pip.conf").write_text("[global]\ncert = /etc/ssl/host-ca.pem\n")
     return {
         **os.environ,
@@ -122,17 +138,26 @@ def write_host_config(base: Path) -> dict[str, str]:
 
 def host_ca_bundle() -> str:
     """The CA bundle the host's own pip trusts (it may hold a TLS-inspecting proxy's CA)."""
-    candidates = (os.environ.get("PIP_CERT"), os.environ.get("SSL_CERT_FILE"),
-                  "/etc/ssl/certs/ca-certificates.crt", ssl.get_default_verify_paths().cafile)
+    candidates = (
+        os.environ.get("PIP_CERT"),
+        os.environ.get("SSL_CERT_FILE"),
+        "/etc/ssl/certs/ca-certificates.crt",
+        ssl.get_default_verify_paths().cafile,
+    )
     return next(c for c in candidates if c and Path(c).is_file())
 
 
 def import_base_image(podman: Podman) -> None:
     tarball = podman.base / "bookworm.tar"
     made = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "bookworm", str(tarball)], env=podman.env,
-        capture_output=True, text=True, timeout=600, check=False, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+        ["mmdebstrap", "--variant=minbase", "bookworm", str(tarball)],
+        env=podman.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     if made.returncode != 0:  # as a rule, the Debian mirror is out of reach
         pytest.skip(f"mmdebstrap could not make the base image: {made.stderr[-500:]}")
     podman.run("import", str(tarball), BASE_IMAGE, timeout=300)
@@ -141,12 +166,23 @@ def import_base_image(podman: Podman) -> None:
 
 def build_image(podman: Podman) -> None:
     podman.run(
-        "build", "--pull=never", "--format", "docker", "--file", "container/Containerfile",
-        "--ignorefile", "container/Containerfile.dockerignore",
-        "--volume", f"{podman.base / 'pip.conf'}:/etc/pip.conf:ro",
-        "--volume", f"{host_ca_bundle()}:/etc/ssl/host-ca.pem:ro",
-        "--tag", IMAGE, str(REPO), timeout=900,
-    )  # fmt: skip
+        "build",
+        "--pull=never",
+        "--format",
+        "docker",
+        "--file",
+        "container/Containerfile",
+        "--ignorefile",
+        "container/Containerfile.dockerignore",
+        "--volume",
+        f"{podman.base / 'pip.conf'}:/etc/pip.conf:ro",
+        "--volume",
+        f"{host_ca_bundle()}:/etc/ssl/host-ca.pem:ro",
+        "--tag",
+        IMAGE,
+        str(REPO),
+        timeout=900,
+    )
 
 
 def create_secrets(podman: Podman) -> None:
@@ -179,23 +215,36 @@ def podman() -> Iterator[Podman]:
 # -- one container -----------------------------------------------------------------
 
 
+def agentctl_env() -> dict[str, str]:
+    """The host's agentctl: this checkout's code, no AGENTD_* of the developer's."""
+    return {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
+
+
 @dataclass
 class Container:
     podman: Podman
     name: str
     volumes: str  # prefix of the two named volumes: <volumes>-state, <volumes>-run
 
-    @property
+    @functools.cached_property  # the volumes exist once `podman run` made them
     def socket(self) -> Path:
         return self.podman.volume_path(f"{self.volumes}-run") / "agentd.sock"
 
-    @property
+    @functools.cached_property
     def state_dir(self) -> Path:
         return self.podman.volume_path(f"{self.volumes}-state")
 
     def agentctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO), "NO_COLOR": "1"}
-        return run_agentctl(env, "--socket", str(self.socket), *args, timeout=timeout)
+        return run_agentctl(agentctl_env(), "--socket", str(self.socket), *args, timeout=timeout)
+
+    def chat_in_background(self, message: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agentctl", "--socket", str(self.socket), "chat", message],
+            env=agentctl_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def status(self) -> dict[str, Any]:
         result = self.agentctl("status", "--json")
@@ -229,21 +278,23 @@ StartContainer = Callable[..., Container]
 def start_container(podman: Podman) -> Iterator[StartContainer]:
     """Factory: a detached agentd container with both secrets and its two named volumes.
 
-    start_container(network="none", env={}, secrets=SECRETS, volumes=None, wait=True);
-    `volumes` reuses another container's volumes (a restart or an upgrade).
+    start_container(network="none", env={}, secrets=SECRETS, volumes=None) returns once
+    agentd answers; `volumes` reuses another container's (a restart, an upgrade).
     """
     made: list[Container] = []
 
     def start(
-        *, network: str = "none", env: dict[str, str] | None = None,
-        secrets: tuple[str, ...] = SECRETS, volumes: str | None = None, wait: bool = True,
-    ) -> Container:  # fmt: skip
+        *,
+        network: str = "none",
+        env: dict[str, str] | None = None,
+        secrets: tuple[str, ...] = SECRETS,
+        volumes: str | None = None,
+    ) -> Container:
         name = f"agentd-{os.getpid()}-{len(made)}-{time.monotonic_ns() % 10**6}"
         container = Container(podman, name, volumes or name)
         made.append(container)
         podman.run("run", "--detach", *run_options(container, network, env or {}, secrets), IMAGE)
-        if wait:
-            container.wait_ready()
+        container.wait_ready()
         return container
 
     yield start
@@ -257,10 +308,15 @@ def run_options(
     container: Container, network: str, env: dict[str, str], secrets: tuple[str, ...]
 ) -> list[str]:
     options = [
-        "--name", container.name, f"--network={network}", "--health-interval=disable",
-        "--volume", f"{container.volumes}-state:/var/lib/agentd",
-        "--volume", f"{container.volumes}-run:/run/agentd",
-    ]  # fmt: skip
+        "--name",
+        container.name,
+        f"--network={network}",
+        "--health-interval=disable",
+        "--volume",
+        f"{container.volumes}-state:/var/lib/agentd",
+        "--volume",
+        f"{container.volumes}-run:/run/agentd",
+    ]
     for secret in secrets:  # as a user would: readable by the agentd uid only
         options += ["--secret", f"{secret},uid={AGENTD_UID},gid={AGENTD_UID},mode=0400"]
     for key, value in env.items():
@@ -284,7 +340,9 @@ def test_image_runs_as_a_dedicated_non_root_user(podman: Podman) -> None:
 
 def test_image_holds_no_compiler_nor_package_installer(podman: Podman) -> None:
     probe = "for t in gcc cc c++ cpp make ld as pip pip3; do command -v $t; done; true"
-    found = podman.run("run", "--rm", "--network=none", "--entrypoint", "/bin/sh", IMAGE, "-c", probe)
+    found = podman.run(
+        "run", "--rm", "--network=none", "--entrypoint", "/bin/sh", IMAGE, "-c", probe
+    )
     assert found.stdout.split() == []
 
 
@@ -293,7 +351,9 @@ def test_image_declares_volumes_stop_signal_and_a_health_check(podman: Podman) -
     assert set(config["Volumes"]) == {"/var/lib/agentd", "/run/agentd"}
     assert config["StopSignal"] == "SIGTERM"
     assert config["Entrypoint"][0] == "/usr/bin/tini"
-    check = json.loads(podman.run("image", "inspect", IMAGE, "--format", "{{json .HealthCheck}}").stdout)
+    check = json.loads(
+        podman.run("image", "inspect", IMAGE, "--format", "{{json .HealthCheck}}").stdout
+    )
     assert "agentctl health" in " ".join(check["Test"])
 
 
@@ -313,8 +373,11 @@ def test_host_agentctl_sees_ready_and_healthy_through_the_socket_volume(
 
 def test_volumes_pass_agentds_ownership_rules(start_container: StartContainer) -> None:
     container = start_container(secrets=("db-key",))
-    for path, mode in ((container.socket.parent, 0o750), (container.state_dir, 0o700),
-                       (container.state_dir / "agentd.db", 0o600)):  # fmt: skip
+    for path, mode in (
+        (container.socket.parent, 0o750),
+        (container.state_dir, 0o700),
+        (container.state_dir / "agentd.db", 0o600),
+    ):
         info = path.lstat()
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (AGENTD_UID, mode), path
 
@@ -347,11 +410,7 @@ def test_podman_stop_drains_an_in_flight_chat_and_exits_0(
     3. The chat still gets its whole answer, the container exits 0 before the timeout."""
     fake_gemini.push(answer("finished during the drain", delay_s=2.0))
     container = start_container(network="host", env=fake_gemini_env(fake_gemini))
-    chat = subprocess.Popen(
-        [sys.executable, "-m", "agentctl", "--socket", str(container.socket), "chat", "hi"],
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    chat = container.chat_in_background("hi")
     fake_gemini.wait_for_requests(1, timeout=30)
     started = time.monotonic()
     podman.run("stop", container.name, timeout=60)
@@ -371,14 +430,10 @@ def test_a_chat_outlasting_the_drain_grace_is_cut_before_the_engine_kills(
     fake_gemini.push(hang())
     slow_model = {"AGENTD_GEMINI__ATTEMPT_TIMEOUT_S": "60", "AGENTD_GEMINI__DEADLINE_S": "90"}
     container = start_container(network="host", env={**fake_gemini_env(fake_gemini), **slow_model})
-    chat = subprocess.Popen(
-        [sys.executable, "-m", "agentctl", "--socket", str(container.socket), "chat", "hi"],
-        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(REPO)},
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    chat = container.chat_in_background("hi")
     fake_gemini.wait_for_requests(1, timeout=30)
     podman.run("stop", container.name, timeout=60)
-    chat.wait(timeout=30)
+    chat.communicate(timeout=30)
     assert container.exit_code() == 0, container.logs()
     assert "interrupted" in container.logs()
 
@@ -394,8 +449,9 @@ def test_a_new_container_on_the_same_volumes_restores_the_session(
     before = first.status()
     podman.run("stop", first.name, timeout=60)
     podman.run("rm", first.name)
-    second = start_container(network="host", env=fake_gemini_env(fake_gemini),
-                             volumes=first.volumes)  # fmt: skip
+    second = start_container(
+        network="host", env=fake_gemini_env(fake_gemini), volumes=first.volumes
+    )
     after = second.status()
     assert (after["agent_id"], after["session_id"]) == (before["agent_id"], before["session_id"])
     history = second.agentctl("history")
@@ -430,10 +486,14 @@ def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeou
     up = compose(podman, project, "up", "--detach")
     run_line = next(line for line in up.splitlines() if " run --name=" in line)
     for expected in (
-        ":/var/lib/agentd", ":/run/agentd", "secrets/db-key:/run/secrets/db-key:ro",
-        "secrets/gemini-api-key:/run/secrets/gemini-api-key:ro", "--stop-signal SIGTERM",
-        "-e AGENTD_DAEMON__SHUTDOWN_GRACE_S=8", "localhost/agentd:latest",
-    ):  # fmt: skip
+        ":/var/lib/agentd",
+        ":/run/agentd",
+        "secrets/db-key:/run/secrets/db-key:ro",
+        "secrets/gemini-api-key:/run/secrets/gemini-api-key:ro",
+        "--stop-signal SIGTERM",
+        "-e AGENTD_DAEMON__SHUTDOWN_GRACE_S=8",
+        "localhost/agentd:latest",
+    ):
         assert expected in run_line, (expected, run_line)
     assert " stop -t 10 " in compose(podman, project, "down")
 
@@ -441,10 +501,22 @@ def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeou
 def compose(podman: Podman, project: Path, *args: str) -> str:
     global_args = " ".join(podman.command()[1:])  # --root, --runroot, --runtime
     result = subprocess.run(
-        ["podman-compose", "--dry-run", "--podman-args", global_args,
-         "-f", str(project / "compose.yaml"), *args],
-        cwd=project, env=podman.env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            "podman-compose",
+            "--dry-run",
+            "--podman-args",
+            global_args,
+            "-f",
+            str(project / "compose.yaml"),
+            *args,
+        ],
+        cwd=project,
+        env=podman.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
