@@ -483,8 +483,8 @@ def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeou
     shutil.copy(REPO / "container" / "compose.yaml", project)
     for name in SECRETS:
         (project / "secrets" / name).write_text("placeholder\n")
-    up = compose(podman, project, "up", "--detach")
-    run_line = next(line for line in up.splitlines() if " run --name=" in line)
+    up, down = compose(podman, project, "up", "--detach"), compose(podman, project, "down")
+    run_line = next(line for line in up.splitlines() if line.startswith("podman run "))
     for expected in (
         ":/var/lib/agentd",
         ":/run/agentd",
@@ -495,7 +495,8 @@ def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeou
         "localhost/agentd:latest",
     ):
         assert expected in run_line, (expected, run_line)
-    assert " stop -t 10 " in compose(podman, project, "down")
+    stop_line = next(line for line in down.splitlines() if line.startswith("podman stop "))
+    assert " -t 10 " in stop_line
 
 
 def compose(podman: Podman, project: Path, *args: str) -> str:
