@@ -278,8 +278,9 @@ StartContainer = Callable[..., Container]
 def start_container(podman: Podman) -> Iterator[StartContainer]:
     """Factory: a detached agentd container with both secrets and its two named volumes.
 
-    start_container(network="none", env={}, secrets=SECRETS, volumes=None) returns once
-    agentd answers; `volumes` reuses another container's (a restart, an upgrade).
+    start_container(network="none", env={}, secrets=SECRETS, volumes=None, extra=()) returns
+    once agentd answers; `volumes` reuses another container's (a restart, an upgrade);
+    `extra` are more `podman run` options.
     """
     made: list[Container] = []
 
@@ -289,11 +290,13 @@ def start_container(podman: Podman) -> Iterator[StartContainer]:
         env: dict[str, str] | None = None,
         secrets: tuple[str, ...] = SECRETS,
         volumes: str | None = None,
+        extra: tuple[str, ...] = (),
     ) -> Container:
         name = f"agentd-{os.getpid()}-{len(made)}-{time.monotonic_ns() % 10**6}"
         container = Container(podman, name, volumes or name)
         made.append(container)
-        podman.run("run", "--detach", *run_options(container, network, env or {}, secrets), IMAGE)
+        options = run_options(container, network, env or {}, secrets)
+        podman.run("run", "--detach", *options, *extra, IMAGE)
         container.wait_ready()
         return container
 
@@ -389,6 +392,23 @@ def test_without_a_db_key_secret_the_container_exits_78_with_one_line(
     result = podman.run("run", "--rm", "--network=none", IMAGE, check=False, timeout=60)
     assert result.returncode == EX_CONFIG, result.stdout + result.stderr
     assert "db-key" in result.stderr
+
+
+def test_secrets_bind_mounted_as_docker_and_compose_mount_them_are_read(
+    start_container: StartContainer, tmp_path: Path
+) -> None:
+    """`docker run -v` and compose's `file:` secrets mount the host file as it is: owned
+    by the image's uid, mode 0400 (as docs/container.md says), agentd reads both keys."""
+    mounts: list[str] = []
+    for name, value in (("db-key", os.urandom(32).hex()), ("gemini-api-key", TEST_API_KEY)):
+        path = tmp_path / name
+        path.write_text(value + "\n")
+        os.chown(path, AGENTD_UID, AGENTD_UID)
+        path.chmod(0o400)
+        mounts += ["--volume", f"{path}:/run/secrets/{name}:ro"]
+    container = start_container(secrets=(), extra=tuple(mounts))
+    assert container.status()["components"]["gemini"]["reason"].startswith("key configured")
+    assert "key from credential db-key" in container.logs()
 
 
 def test_chat_reaches_the_fake_gemini_with_the_key_from_the_secret(
