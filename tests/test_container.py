@@ -385,7 +385,7 @@ def test_volumes_pass_agentds_ownership_rules(start_container: StartContainer) -
         assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (AGENTD_UID, mode), path
 
 
-def test_without_a_db_key_secret_the_container_exits_78_with_one_line(
+def test_without_a_db_key_secret_the_container_exits_78_naming_it(
     podman: Podman,
 ) -> None:
     """Production never generates a key: a forgotten secret must not start an empty store."""
@@ -478,7 +478,7 @@ def test_a_new_container_on_the_same_volumes_restores_the_session(
     assert "remember the lighthouse" in history.stdout.decode()
 
 
-def test_logs_are_json_lines_on_stdout_and_stderr(start_container: StartContainer) -> None:
+def test_podman_logs_show_agentds_json_lines(start_container: StartContainer) -> None:
     """`podman logs` (and `docker logs`) show agentd's JSON lines, one record a line."""
     container = start_container(secrets=("db-key",))
     lines = [line for line in container.logs().splitlines() if line.startswith("{")]
