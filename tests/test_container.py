@@ -66,6 +66,21 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def run_tool(
+    command: list[str], env: dict[str, str], timeout: float, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command,
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 @dataclass(frozen=True)
 class Podman:
     """podman on the session's own storage, with the host workarounds applied."""
@@ -90,15 +105,7 @@ class Podman:
     def run(
         self, *args: str, timeout: float = 120, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            self.command(*args),
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
+        result = run_tool(self.command(*args), self.env, timeout)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"podman {' '.join(args)}: exit {result.returncode}\n"
@@ -149,15 +156,7 @@ def host_ca_bundle() -> str:
 
 def import_base_image(podman: Podman) -> None:
     tarball = podman.base / "bookworm.tar"
-    made = subprocess.run(
-        ["mmdebstrap", "--variant=minbase", "bookworm", str(tarball)],
-        env=podman.env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    made = run_tool(["mmdebstrap", "--variant=minbase", "bookworm", str(tarball)], podman.env, 600)
     if made.returncode != 0:  # as a rule, the Debian mirror is out of reach
         pytest.skip(f"mmdebstrap could not make the base image: {made.stderr[-500:]}")
     podman.run("import", str(tarball), BASE_IMAGE, timeout=300)
@@ -521,23 +520,8 @@ def test_podman_compose_maps_the_compose_file_to_volumes_secrets_and_stop_timeou
 
 def compose(podman: Podman, project: Path, *args: str) -> str:
     global_args = " ".join(podman.command()[1:])  # --root, --runroot, --runtime
-    result = subprocess.run(
-        [
-            "podman-compose",
-            "--dry-run",
-            "--podman-args",
-            global_args,
-            "-f",
-            str(project / "compose.yaml"),
-            *args,
-        ],
-        cwd=project,
-        env=podman.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
+    command = ["podman-compose", "--dry-run", "--podman-args", global_args]
+    command += ["-f", str(project / "compose.yaml"), *args]
+    result = run_tool(command, podman.env, 120, cwd=project)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
