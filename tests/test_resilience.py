@@ -20,14 +20,9 @@ import pytest
 from agentd.providers.base import Answer, GenerationRequest, Turn, Wait
 from agentd.providers.errors import ErrorKind
 from agentd.providers.gemini import GeminiProvider
-from agentd.providers.resilience import (
-    BreakerState,
-    CircuitBreaker,
-    HealthStatus,
-    KeyCheck,
-    KeyStatus,
-    ResilientProvider,
-)
+from agentd.providers.breaker import BreakerState, CircuitBreaker
+from agentd.providers.health import HealthStatus, KeyCheck, KeyStatus
+from agentd.providers.resilience import ResilientProvider
 from agentd.providers.settings import ProviderSettings
 from tests.conftest import async_wait_until
 from tests.fake_gemini import (
