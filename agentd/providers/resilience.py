@@ -1,4 +1,4 @@
-"""All resilience in one place: a Provider that wraps another and never gives up silently.
+"""Retries with fallback: a Provider that wraps another and never gives up silently.
 
 `ResilientProvider.generate()` always returns an Answer the user can read;
 it raises only CancelledError (the client went away) and genuine bugs. For
@@ -37,6 +37,11 @@ the attempt timeout is the longest allowed silence (to the first chunk and
 between chunks); the deadline still caps the whole answer. When on_chunk is
 given, the chunks it received always add up to Answer.text: degraded and
 blocked texts are sent through it too.
+
+This module orchestrates; its parts have their own modules: the retry
+schedule (retry.py), the circuit breaker (breaker.py), the evidence of
+health it gathers (health.py; the gemini verdict itself is decided by
+agentd/telemetry/gemini.py) and what the user reads (texts.py).
 
 Time and randomness are injected (clock, sleep, rng) so tests drive backoff
 and the breaker's cool-down on a fake clock. Per-attempt timeouts bound real
