@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from agentd.providers.errors import CircuitOpen, ErrorKind
-from agentd.providers.texts import kind_and_reason
+from agentd.providers.texts import breaker_refusal, kind_and_reason
 
 logger = logging.getLogger(__name__)
 
@@ -145,12 +145,11 @@ class CircuitBreaker:
         return self._opened_at + self._cooldown_s - self._clock()
 
     def _refusal_message(self) -> str:
-        kind = self.last_failure()
-        if self._state is BreakerState.HALF_OPEN:
-            return f"a trial call is checking whether the service is back (last failure: {kind})"
-        return (
-            f"{self._consecutive_failures} consecutive failures (last: {kind}); "
-            f"next try in {max(0.0, self._cooldown_remaining()):.0f}s"
+        return breaker_refusal(
+            trial_pending=self._state is BreakerState.HALF_OPEN,
+            failures=self._consecutive_failures,
+            last_failure=self.last_failure(),
+            remaining_s=max(0.0, self._cooldown_remaining()),
         )
 
     def _move_to(self, new: BreakerState) -> None:

@@ -103,6 +103,17 @@ def wait_message(model: str, error: ProviderError, delay: float) -> str:
     return f"{why}; asking {model} again in {delay:.0f}s"
 
 
+def breaker_refusal(
+    *, trial_pending: bool, failures: int, last_failure: str, remaining_s: float
+) -> str:
+    """Why the circuit breaker refuses a call now."""
+    if trial_pending:
+        return (
+            f"a trial call is checking whether the service is back (last failure: {last_failure})"
+        )
+    return f"{failures} consecutive failures (last: {last_failure}); next try in {remaining_s:.0f}s"
+
+
 def failure_of(model: str, error: ProviderError) -> str:
     """Why `model` did not answer, for the fallback's notice."""
     if error.kind is ErrorKind.NOT_FOUND:
