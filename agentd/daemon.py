@@ -29,7 +29,7 @@ from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle, State
 from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
-from agentd.providers import BreakerState, create_provider
+from agentd.providers import create_provider
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
 from agentd.refusals import RefusalAudit
@@ -44,7 +44,8 @@ from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks, report, report_gemini
+from agentd.telemetry.checks import HealthChecks, report
+from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
@@ -84,7 +85,7 @@ class Daemon:
         self._refusals: RefusalAudit | None = None
         self._bound_socket = False
         self._adopted: socket.socket | None = None
-        self._recovery: asyncio.Task[None] | None = None
+        self._gemini: GeminiHealth | None = None
         self.runtime: Runtime | None = None
 
     async def run(self) -> None:
@@ -179,6 +180,15 @@ class Daemon:
                 "%d chats cut off by the previous run are marked interrupted", interrupted
             )
         provider = self._create_provider()
+        board = HealthBoard()
+        self._gemini = GeminiHealth(
+            provider,
+            board,
+            self.lifecycle,
+            model=self.config.gemini.model,
+            check_interval_s=self.config.health.gemini_check_interval_s,
+            recovery_max_backoff_s=self.config.daemon.recovery_max_backoff_s,
+        )
         metrics = Instruments(
             prices=self.config.pricing.prices(),
             loop_lag=LoopLagMonitor(),
@@ -202,7 +212,7 @@ class Daemon:
             paths=self.paths,
             lifecycle=self.lifecycle,
             db=self._db,
-            health=HealthBoard(),
+            health=board,
             logs=self._log_sinks,
             access=self._access_policy(),
             provider=provider,
@@ -214,7 +224,7 @@ class Daemon:
             alerts=AlertBoard(),
             audit=AuditWriter(self._db, anchor=self._anchor),
             limiter=limiter,
-            key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
+            gemini_health=self._gemini,
             gate=gate,
         )
         await restore_counters(self.runtime)
@@ -222,15 +232,7 @@ class Daemon:
         await self.runtime.audit.start()
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
-        problem = provider.configuration_problem()
-        if problem is None:
-            self.runtime.health.report(
-                "gemini", Level.OK, f"key configured; model {self.config.gemini.model}"
-            )
-        else:
-            self.runtime.health.report(
-                "gemini", Level.DEGRADED, "no API key: chat answers in degraded mode"
-            )
+        self._gemini.report_start()
         load_commands()
         return self.runtime
 
@@ -250,45 +252,13 @@ class Daemon:
         return create_provider(
             self.config.gemini,
             key.reveal() if key else None,
-            on_breaker_change=self._on_breaker_change,
             on_health_change=self._on_provider_health,
         )
 
     def _on_provider_health(self) -> None:
-        """A call just worked or failed: the gemini component says so at once."""
-        if self.runtime is not None:
-            report_gemini(self.runtime)
-
-    def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
-        """Breaker open = the model is failing: ERROR, degraded answers, and a recovery loop."""
-        assert self.runtime is not None
-        if new is BreakerState.OPEN:
-            reason = "circuit breaker open: Gemini keeps failing"
-            report_gemini(self.runtime)
-            self.lifecycle.component_failed("gemini", reason)
-            if self._recovery is None or self._recovery.done():
-                self._recovery = asyncio.create_task(
-                    self._recover_provider(), name="gemini-recovery"
-                )
-        elif new is BreakerState.CLOSED:
-            report_gemini(self.runtime)
-            self.lifecycle.component_recovered("gemini")
-
-    async def _recover_provider(self) -> None:
-        """Probe Gemini with backoff until the breaker closes (the probe is its trial call)."""
-        assert self.runtime is not None
-        provider = self.runtime.provider
-        delay = max(provider.statistics().breaker.cooldown_remaining_s, 0.5)
-        while provider.statistics().breaker.state is not BreakerState.CLOSED:
-            await asyncio.sleep(delay)
-            check = await provider.check_key()
-            logger.info(
-                "gemini recovery probe: %s", check.status, extra={"probe": str(check.status)}
-            )
-            delay = min(
-                max(delay * 2, provider.statistics().breaker.cooldown_remaining_s),
-                self.config.daemon.recovery_max_backoff_s,
-            )
+        """New evidence of Gemini's health: its one owner reassesses."""
+        if self._gemini is not None:
+            self._gemini.reassess()
 
     def _access_policy(self) -> AccessPolicy:
         a = self.config.access
@@ -378,10 +348,11 @@ class Daemon:
         if self._server is not None:
             self._server.stop_accepting()  # 3. no new connections
             await self._server.close_connections()  # 4. cut what is left (marked interrupted)
-        tasks = [*self._tasks, *([self._recovery] if self._recovery else [])]
-        for task in tasks:
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._gemini is not None:
+            await self._gemini.aclose()
         if self.runtime is not None:
             await self.runtime.provider.aclose()
         await self._close_store()  # 5. persist state and close the store

@@ -23,7 +23,7 @@ from agentd.ratelimit import RequestLimiter
 from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck
+from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard
 from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.logs import LogSinks
@@ -47,7 +47,7 @@ class Runtime:
     alerts: AlertBoard
     audit: AuditWriter  # one row per request; chat rows committed before the reply
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
-    key_check: GeminiKeyCheck  # the cached result of provider.check_key()
+    gemini_health: GeminiHealth  # the one owner of the gemini verdict and its ERROR
     gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)

@@ -18,13 +18,9 @@ from agentd.commands.logs import parse_query
 from agentd.errors import BadRequest, RateLimited
 from agentd.lifecycle import LifecycleStatistics, State
 from agentd.limits import AdmissionStatistics
-from agentd.providers.resilience import (
-    BreakerState,
-    BreakerStatistics,
-    Health,
-    HealthStatus,
-    ProviderStatistics,
-)
+from agentd.providers.breaker import BreakerState, BreakerStatistics
+from agentd.providers.health import Health, HealthStatus
+from agentd.providers.resilience import ProviderStatistics
 from agentd.ratelimit import CHAT, CHEAP, LimitSettings, RequestLimiter
 from agentd.telemetry.alerts import AlertBoard, AlertInputs, evaluate_rules
 from agentd.telemetry.instruments import Instruments, Readings

@@ -18,16 +18,11 @@ from typing import Any
 import pytest
 
 from agentd.providers.base import Answer, GenerationRequest, Turn, Wait
+from agentd.providers.breaker import BreakerState, CircuitBreaker
 from agentd.providers.errors import ErrorKind
 from agentd.providers.gemini import GeminiProvider
-from agentd.providers.resilience import (
-    BreakerState,
-    CircuitBreaker,
-    HealthStatus,
-    KeyCheck,
-    KeyStatus,
-    ResilientProvider,
-)
+from agentd.providers.health import HealthStatus, KeyCheck, KeyStatus
+from agentd.providers.resilience import ResilientProvider
 from agentd.providers.settings import ProviderSettings
 from tests.conftest import async_wait_until
 from tests.fake_gemini import (
@@ -84,11 +79,19 @@ class Harness:
         self.sleep = FakeSleep(self.clock)
         self.seed = seed
         self.transitions: list[tuple[BreakerState, BreakerState]] = []
+        self._breaker_state = BreakerState.CLOSED
         self.provider = ResilientProvider(
             GeminiProvider(self.settings, api_key, tls=TLS), self.settings,
             clock=self.clock, sleep=self.sleep, rng=random.Random(seed),
-            on_breaker_change=lambda old, new: self.transitions.append((old, new)),
+            on_health_change=self._on_health_change,
         )
+
+    def _on_health_change(self) -> None:
+        """The breaker's moves, as the evidence they are reported as."""
+        state = self.provider.statistics().breaker.state
+        if state is not self._breaker_state:
+            self.transitions.append((self._breaker_state, state))
+            self._breaker_state = state
 
     async def ask(self, *texts: str) -> Answer:
         return await self.provider.generate(request(*texts))

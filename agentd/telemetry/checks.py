@@ -19,6 +19,10 @@ agent in ERROR (lifecycle.component_failed); it returns to READY when they
 pass again. While the store fails, the local checks back off
 (daemon.health_interval_s doubling up to daemon.recovery_max_backoff_s).
 
+The gemini verdict, and the ERROR an open breaker implies, are decided in
+one place: agentd/telemetry/gemini.py (GeminiHealth); the checks here only
+give it occasions to reassess and key checks to weigh.
+
 Costly checks are paced. The Gemini key check is one authenticated call:
 made when `agentctl health` asks and the latest result is older than
 health.gemini_check_interval_s, and in the background at that interval
@@ -31,7 +35,6 @@ health.integrity_check_interval_s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -39,17 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from agentd.errors import StoreError
-from agentd.providers.resilience import (
-    BreakerState,
-    HealthStatus,
-    KeyCheck,
-    KeyStatus,
-    ResilientProvider,
-)
+from agentd.providers.breaker import BreakerState
+from agentd.providers.health import KeyStatus
 from agentd.store import state
 from agentd.store.database import SQLITE_PLAINTEXT_HEADER, Connection
 from agentd.telemetry.alerts import AlertInputs, evaluate_rules
-from agentd.telemetry.health import Level
+from agentd.telemetry.health import Level, log_change
 from agentd.telemetry.instruments import save_counters
 from agentd.telemetry.metrics import Clock, process_rss_bytes
 from agentd.telemetry.settings import MIB
@@ -62,20 +60,6 @@ logger = logging.getLogger(__name__)
 DISK_FAILED_BYTES: Final = 1 * MIB
 # Components whose failure puts the agent in ERROR.
 CRITICAL: Final = frozenset({"store", "encryption", "disk"})
-_KEY_LEVELS: Final = {
-    KeyStatus.OK: Level.OK,
-    KeyStatus.MISSING: Level.DEGRADED,
-    KeyStatus.REJECTED: Level.FAILED,
-    KeyStatus.UNREACHABLE: Level.FAILED,
-    KeyStatus.RATE_LIMITED: Level.DEGRADED,  # the service is up; this key must wait
-    KeyStatus.MISCONFIGURED: Level.FAILED,
-}
-_PROVIDER_LEVELS: Final = {
-    HealthStatus.OK: Level.OK,
-    HealthStatus.DEGRADED: Level.DEGRADED,
-    HealthStatus.FAILED: Level.FAILED,
-}
-_ORDER: Final = (Level.OK, Level.DEGRADED, Level.FAILED)
 
 
 # A NamedTuple, not a frozen dataclass: cheaper to define on the path to READY
@@ -103,57 +87,12 @@ def read_encryption_facts(conn: Connection, path: Path, deep: bool) -> Encryptio
     return EncryptionFacts(row[0] if row and row[0] else None, plaintext, problems)
 
 
-class GeminiKeyCheck:
-    """The latest `provider.check_key()` result, refreshed at most once per interval.
-
-    Concurrent refreshes share one call, so a burst of `agentctl health`
-    costs the provider a single request.
-    """
-
-    def __init__(
-        self, provider: ResilientProvider, interval_s: float, *, clock: Clock = time.monotonic
-    ) -> None:
-        self._provider = provider
-        self.interval_s = interval_s
-        self._clock = clock
-        self._latest: KeyCheck | None = None
-        self._checked_at = 0.0
-        self._running: asyncio.Task[KeyCheck] | None = None
-
-    def latest(self) -> tuple[KeyCheck, float] | None:
-        """The latest result and its age in seconds, or None before the first check."""
-        if self._latest is None:
-            return None
-        return self._latest, self._clock() - self._checked_at
-
-    def stale(self) -> bool:
-        return self._latest is None or self._clock() - self._checked_at >= self.interval_s
-
-    async def refresh(self) -> KeyCheck:
-        if self._running is None or self._running.done():
-            self._running = asyncio.create_task(self._check(), name="gemini-key-check")
-        return await asyncio.shield(self._running)
-
-    async def refresh_if_stale(self, max_wait_s: float) -> None:
-        """Refresh a stale result, waiting at most `max_wait_s` (it goes on in the background)."""
-        if not self.stale():
-            return
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(max_wait_s):
-                await self.refresh()
-
-    async def _check(self) -> KeyCheck:
-        result = await self._provider.check_key()
-        self._latest, self._checked_at = result, self._clock()
-        return result
-
-
 def report(runtime: Runtime, component: str, level: Level, reason: str) -> None:
     """Record a verdict; log when a component changes level; move the lifecycle for critical ones."""
     previous = runtime.health.get(component)
     runtime.health.report(component, level, reason)
     if previous is None or previous.level is not level:
-        _log_change(component, level, reason, first=previous is None)
+        log_change(component, level, reason, first=previous is None)
     if component not in CRITICAL:
         return
     if level is Level.FAILED:
@@ -162,47 +101,10 @@ def report(runtime: Runtime, component: str, level: Level, reason: str) -> None:
         runtime.lifecycle.component_recovered(component)
 
 
-def report_gemini(runtime: Runtime) -> None:
-    """The gemini component from the key check and the provider's own health.
-
-    Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
-    """
-    report(runtime, "gemini", *gemini_verdict(runtime))
-
-
-def gemini_verdict(runtime: Runtime) -> tuple[Level, str]:
-    provider, model = runtime.provider, runtime.config.gemini.model
-    if provider.configuration_problem() is not None:
-        return Level.DEGRADED, (
-            "no API key: chat answers in degraded mode "
-            "(set the credential gemini-api-key or GEMINI_API_KEY)"
-        )
-    statistics = provider.statistics()
-    live = (_PROVIDER_LEVELS[statistics.health.status], statistics.health.reason)
-    checked = runtime.key_check.latest()
-    worked = statistics.last_success_age_s
-    if worked is not None and (checked is None or worked <= checked[1]):
-        # A call that worked is newer evidence than any key check before it.
-        key = (Level.OK, f"key works: Gemini answered {worked:.0f}s ago; model {model}")
-    elif checked is None:
-        key = (Level.OK, f"key configured; model {model}; not verified yet")
-    elif checked[0].status is KeyStatus.OK:
-        key = (Level.OK, f"key configured and verified {checked[1]:.0f}s ago; model {model}")
-    else:
-        result = checked[0]
-        key = (
-            _KEY_LEVELS[result.status],
-            f"key check {checked[1]:.0f}s ago: {result.status}: {result.detail}",
-        )
-    # The worse of the two wins; on a tie, the key check's words (they name the key).
-    return max(key, live, key=lambda verdict: _ORDER.index(verdict[0]))
-
-
 async def refresh_gemini(runtime: Runtime, max_wait_s: float) -> None:
     """For `agentctl health`: a fresh key check if the cached one is stale, then the verdict."""
-    if runtime.provider.configuration_problem() is None:
-        await runtime.key_check.refresh_if_stale(max_wait_s)
-    report_gemini(runtime)
+    await runtime.gemini_health.check_key_if_stale(max_wait_s)
+    runtime.gemini_health.reassess()
 
 
 class HealthChecks:
@@ -242,7 +144,7 @@ class HealthChecks:
         self.check_disk()
         self.check_event_loop()
         self.check_memory()
-        report_gemini(self._rt)
+        self._rt.gemini_health.reassess()
         self.evaluate_alerts()
         return store_ok
 
@@ -342,8 +244,7 @@ class HealthChecks:
             await asyncio.sleep(delay)  # the checking cadence, not synchronisation
             if self._rt.provider.configuration_problem() is not None:
                 continue  # no key: nothing to call
-            result = await self._rt.key_check.refresh()
-            report_gemini(self._rt)
+            result = await self._rt.gemini_health.check_key()
             if result.status is KeyStatus.OK:
                 delay = interval
             else:
@@ -368,24 +269,6 @@ class HealthChecks:
             disk_detail=self._disk_detail,
         )
         evaluate_rules(self._rt.alerts, inputs, self._settings)
-
-
-def _log_change(component: str, level: Level, reason: str, *, first: bool) -> None:
-    if level is Level.OK and first:
-        return  # a component that starts healthy is not news
-    log_level = {
-        Level.OK: logging.INFO,
-        Level.DEGRADED: logging.WARNING,
-        Level.FAILED: logging.ERROR,
-    }[level]
-    logger.log(
-        log_level,
-        "%s is %s: %s",
-        component,
-        level,
-        reason,
-        extra={"component": component, "health": str(level)},
-    )
 
 
 def _free_bytes(path: Path) -> int:

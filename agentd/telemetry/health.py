@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class Level(enum.StrEnum):
@@ -53,3 +56,22 @@ class HealthBoard:
         if self._snapshot is None:
             self._snapshot = {name: c.as_dict() for name, c in sorted(self._components.items())}
         return self._snapshot
+
+
+def log_change(component: str, level: Level, reason: str, *, first: bool) -> None:
+    """One line when a component changes level (its first ok is not news)."""
+    if level is Level.OK and first:
+        return
+    log_level = {
+        Level.OK: logging.INFO,
+        Level.DEGRADED: logging.WARNING,
+        Level.FAILED: logging.ERROR,
+    }[level]
+    logger.log(
+        log_level,
+        "%s is %s: %s",
+        component,
+        level,
+        reason,
+        extra={"component": component, "health": str(level)},
+    )

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Final
 from agentd.lifecycle import LifecycleStatistics, State
 from agentd.limits import AdmissionStatistics
 from agentd.protocol import ErrorCode
-from agentd.providers.resilience import BreakerState, ProviderStatistics
+from agentd.providers.breaker import BreakerState
+from agentd.providers.resilience import ProviderStatistics
 from agentd.store import state
 from agentd.telemetry.loop_lag import LoopLagMonitor, LoopLagStatistics
 from agentd.telemetry.metrics import (
