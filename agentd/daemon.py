@@ -20,7 +20,7 @@ from typing import Any
 
 from agentd.access import AccessPolicy, build_policy
 from agentd.chat import ChatPipeline
-from agentd.commands import load_commands
+from agentd.commands.table import command_table
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
@@ -134,7 +134,7 @@ class Daemon:
         )
         self._server = Server(
             self.config.daemon,
-            Dispatcher(runtime, self._refusals),
+            self._dispatcher(runtime, self._refusals),
             runtime.access,
             runtime.metrics.connections_refused,
         )
@@ -150,6 +150,19 @@ class Daemon:
         self._start_background_tasks()
         if self._detached:
             detach_stderr(self._log_sinks)
+
+    def _dispatcher(self, runtime: Runtime, refusals: RefusalAudit) -> Dispatcher:
+        return Dispatcher(
+            command_table(),
+            runtime,
+            access=runtime.access,
+            lifecycle=self.lifecycle,
+            limiter=runtime.limiter,
+            metrics=runtime.metrics,
+            audit=runtime.audit,
+            refusals=refusals,
+            policy=self.config.audit,
+        )
 
     async def _open_store(self) -> Runtime:
         key = load_db_key(self.config, self.paths, self._environ)
@@ -231,7 +244,6 @@ class Daemon:
             self.runtime.health.report(
                 "gemini", Level.DEGRADED, "no API key: chat answers in degraded mode"
             )
-        load_commands()
         return self.runtime
 
     def _on_store_lost(self, reason: str) -> None:

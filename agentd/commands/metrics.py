@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from agentd.access import Role
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import optional
 from agentd.errors import BadRequest
 from agentd.lifecycle import SERVING
@@ -14,12 +14,22 @@ from agentd.telemetry import prometheus
 from agentd.telemetry.checks import refresh_gemini
 from agentd.telemetry.instruments import readings_of
 
+SPECS = CommandSet()
+command = SPECS.command
+
 FORMATS: Final = ("json", "prometheus")
 # `health` refreshes a stale Gemini key check, but answers within this even if Gemini hangs.
 KEY_CHECK_WAIT_S: Final = 3.0
 
 
-@command("metrics", role=Role.READ, args=("format",), when_stopping=True, when_not_ready=True)
+@command(
+    "metrics",
+    role=Role.READ,
+    args=("format",),
+    audit=Audit.PROBE,
+    when_stopping=True,
+    when_not_ready=True,
+)
 async def metrics(runtime: Runtime, call: Call) -> dict[str, Any]:
     """The JSON snapshot (a readable summary plus every metric), or the Prometheus text."""
     fmt = optional(call.args, "format", str, "json")
@@ -37,7 +47,7 @@ async def metrics(runtime: Runtime, call: Call) -> dict[str, Any]:
     }
 
 
-@command("health", role=Role.READ, when_stopping=True, when_not_ready=True)
+@command("health", role=Role.READ, audit=Audit.PROBE, when_stopping=True, when_not_ready=True)
 async def health(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Healthy means: no component failed and the agent answers (READY or PROCESSING)."""
     await refresh_gemini(runtime, KEY_CHECK_WAIT_S)

@@ -131,6 +131,13 @@ class Instruments:
             ("command", "outcome"),
             lifetime=True,
         )
+        self.unaudited = r.counter(
+            "requests_unaudited_total",
+            "Requests of a command class [audit] does not audit one by one (by default "
+            "the probes: ping, status, health, metrics), by command and peer uid.",
+            ("command", "uid"),
+            lifetime=True,
+        )
         self.starts = r.counter(
             "starts_total", "Times agentd started on this store.", lifetime=True
         )
@@ -258,6 +265,10 @@ class Instruments:
             self.chat_latency.observe(latency_s)
         if model:
             self.record_tokens(model, tokens_in, tokens_out)
+
+    def count_unaudited(self, command: str, uid: int) -> None:
+        """A request that leaves no audit row of its own ([audit] level none)."""
+        self.unaudited.inc_series((command, str(uid)))
 
     def record_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
         self.tokens.inc(max(tokens_in, 0), model=model, direction="in")
