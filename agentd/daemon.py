@@ -44,7 +44,7 @@ from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck, HealthChecks, report, report_gemini
+from agentd.telemetry.checks import GeminiHealth, GeminiKeyCheck, HealthChecks, Verdicts
 from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
@@ -86,6 +86,7 @@ class Daemon:
         self._adopted: socket.socket | None = None
         self._recovery: asyncio.Task[None] | None = None
         self.runtime: Runtime | None = None
+        self._verdicts: Verdicts | None = None
 
     async def run(self) -> None:
         try:
@@ -210,12 +211,15 @@ class Daemon:
             metrics,
             gate,
         )
+        health = HealthBoard()
+        self._verdicts = Verdicts(health, self.lifecycle)
+        key_check = GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s)
         self.runtime = Runtime(
             config=self.config,
             paths=self.paths,
             lifecycle=self.lifecycle,
             db=self._db,
-            health=HealthBoard(),
+            health=health,
             logs=self._log_sinks,
             access=self._access_policy(),
             provider=provider,
@@ -227,10 +231,10 @@ class Daemon:
             alerts=AlertBoard(),
             audit=AuditWriter(self._db, anchor=self._anchor),
             limiter=limiter,
-            key_check=GeminiKeyCheck(provider, self.config.health.gemini_check_interval_s),
+            gemini_health=GeminiHealth(provider, key_check, self.config.gemini.model, self._verdicts),
             gate=gate,
         )
-        await restore_counters(self.runtime)
+        await restore_counters(self._db, metrics)
         self.runtime.metrics.starts.inc()
         await self.runtime.audit.start()
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
@@ -248,8 +252,8 @@ class Daemon:
 
     def _on_store_lost(self, reason: str) -> None:
         """The database files were deleted or replaced under us: ERROR at once."""
-        if self.runtime is not None:
-            report(self.runtime, "store", Level.FAILED, reason)
+        if self._verdicts is not None:
+            self._verdicts.report("store", Level.FAILED, reason)
 
     def _gate(self, metrics: Instruments) -> Gate:
         assert self._db is not None
@@ -269,21 +273,21 @@ class Daemon:
     def _on_provider_health(self) -> None:
         """A call just worked or failed: the gemini component says so at once."""
         if self.runtime is not None:
-            report_gemini(self.runtime)
+            self.runtime.gemini_health.report()
 
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         """Breaker open = the model is failing: ERROR, degraded answers, and a recovery loop."""
         assert self.runtime is not None
         if new is BreakerState.OPEN:
             reason = "circuit breaker open: Gemini keeps failing"
-            report_gemini(self.runtime)
+            self.runtime.gemini_health.report()
             self.lifecycle.component_failed("gemini", reason)
             if self._recovery is None or self._recovery.done():
                 self._recovery = asyncio.create_task(
                     self._recover_provider(), name="gemini-recovery"
                 )
         elif new is BreakerState.CLOSED:
-            report_gemini(self.runtime)
+            self.runtime.gemini_health.report()
             self.lifecycle.component_recovered("gemini")
 
     async def _recover_provider(self) -> None:
@@ -330,13 +334,31 @@ class Daemon:
         interval = watchdog_interval(self._environ)
         if interval:
             self._spawn(run_watchdog(self._notifier, interval), "watchdog")
-        self._spawn(HealthChecks(self.runtime).run(), "health")
+        self._spawn(self._health_checks(self.runtime).run(), "health")
         self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
         if self._refusals is not None:
             self._spawn(self._refusals.run(), "refusal-audit")
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")
+
+    def _health_checks(self, runtime: Runtime) -> HealthChecks:
+        return HealthChecks(
+            self.config.health,
+            self.config.daemon,
+            db=runtime.db,
+            paths=self.paths,
+            metrics=runtime.metrics,
+            alerts=runtime.alerts,
+            verdicts=self._verdicts or Verdicts(runtime.health, self.lifecycle),
+            gemini=runtime.gemini_health,
+            save_counters=self._save_counters,
+        )
+
+    async def _save_counters(self) -> None:
+        """Persist the lifetime counters (a real write: the store check's too)."""
+        assert self.runtime is not None
+        await save_counters(self.runtime.db, self.runtime.metrics, self.runtime.readings())
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -435,7 +457,7 @@ class Daemon:
                 await self._refusals.flush()  # refusals counted so far: their rows, too
             await self.runtime.audit.close()  # queued audit rows go in before the store closes
             with contextlib.suppress(StoreError):
-                await save_counters(self.runtime)
+                await self._save_counters()
         await self._db.close()
 
     def _release_state_dir(self) -> None:

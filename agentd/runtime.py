@@ -1,4 +1,8 @@
-"""What command handlers work with: the daemon's running components, wired once."""
+"""What command handlers work with: the daemon's running components, wired once.
+
+Only handlers receive it (dispatch passes it through without reading it);
+every other component is given the few collaborators it uses.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,9 @@ from agentd.ratelimit import RequestLimiter
 from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import GeminiKeyCheck
+from agentd.telemetry.checks import GeminiHealth
 from agentd.telemetry.health import HealthBoard
-from agentd.telemetry.instruments import Instruments
+from agentd.telemetry.instruments import Instruments, Readings
 from agentd.telemetry.logs import LogSinks
 
 
@@ -47,7 +51,7 @@ class Runtime:
     alerts: AlertBoard
     audit: AuditWriter  # one row per request; chat rows committed before the reply
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
-    key_check: GeminiKeyCheck  # the cached result of provider.check_key()
+    gemini_health: GeminiHealth  # the gemini component's verdict, with the cached key check
     gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
@@ -66,6 +70,16 @@ class Runtime:
             "started_at": self.started_wall,
             "socket": str(self.paths.socket),
         }
+
+    def readings(self) -> Readings:
+        """What `Instruments.refresh()` reads from the other components."""
+        return Readings(
+            lifecycle=self.lifecycle.statistics(),
+            provider=self.provider.statistics(),
+            admission=self.chat.queue.statistics(),
+            audit=self.audit.statistics(),
+            store_size_bytes=self.store_size_bytes(),
+        )
 
     @cached_property
     def store_path(self) -> str:

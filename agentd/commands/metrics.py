@@ -11,8 +11,6 @@ from agentd.errors import BadRequest
 from agentd.lifecycle import SERVING
 from agentd.runtime import Runtime
 from agentd.telemetry import prometheus
-from agentd.telemetry.checks import refresh_gemini
-from agentd.telemetry.instruments import readings_of
 
 SPECS = CommandSet()
 command = SPECS.command
@@ -36,7 +34,7 @@ async def metrics(runtime: Runtime, call: Call) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise BadRequest(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     instruments = runtime.metrics
-    instruments.refresh(readings_of(runtime))
+    instruments.refresh(runtime.readings())
     if fmt == "prometheus":
         text = prometheus.render(instruments.registry)
         return {"format": fmt, "content_type": prometheus.CONTENT_TYPE, "text": text}
@@ -50,7 +48,7 @@ async def metrics(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("health", role=Role.READ, audit=Audit.PROBE, when_stopping=True, when_not_ready=True)
 async def health(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Healthy means: no component failed and the agent answers (READY or PROCESSING)."""
-    await refresh_gemini(runtime, KEY_CHECK_WAIT_S)
+    await runtime.gemini_health.refresh(KEY_CHECK_WAIT_S)
     stats = runtime.lifecycle.statistics()
     return {
         "healthy": runtime.health.healthy and stats.state in SERVING,

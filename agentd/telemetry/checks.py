@@ -35,10 +35,12 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from agentd.errors import StoreError
+from agentd.lifecycle import Lifecycle
 from agentd.providers.resilience import (
     BreakerState,
     HealthStatus,
@@ -49,13 +51,16 @@ from agentd.providers.resilience import (
 from agentd.store import state
 from agentd.store.database import SQLITE_PLAINTEXT_HEADER, Connection
 from agentd.telemetry.alerts import AlertInputs, evaluate_rules
-from agentd.telemetry.health import Level
-from agentd.telemetry.instruments import save_counters
+from agentd.telemetry.health import HealthBoard, Level
+from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.metrics import Clock, process_rss_bytes
-from agentd.telemetry.settings import MIB
+from agentd.telemetry.settings import MIB, HealthSettings
 
 if TYPE_CHECKING:
-    from agentd.runtime import Runtime
+    from agentd.config import DaemonSettings
+    from agentd.paths import Paths
+    from agentd.store.database import Database
+    from agentd.telemetry.alerts import AlertBoard
 
 logger = logging.getLogger(__name__)
 
@@ -148,69 +153,106 @@ class GeminiKeyCheck:
         return result
 
 
-def report(runtime: Runtime, component: str, level: Level, reason: str) -> None:
-    """Record a verdict; log when a component changes level; move the lifecycle for critical ones."""
-    previous = runtime.health.get(component)
-    runtime.health.report(component, level, reason)
-    if previous is None or previous.level is not level:
-        _log_change(component, level, reason, first=previous is None)
-    if component not in CRITICAL:
-        return
-    if level is Level.FAILED:
-        runtime.lifecycle.component_failed(component, reason)
-    else:
-        runtime.lifecycle.component_recovered(component)
+class Verdicts:
+    """Where component verdicts go: the health board, and the lifecycle for critical ones."""
+
+    def __init__(self, health: HealthBoard, lifecycle: Lifecycle) -> None:
+        self._health = health
+        self._lifecycle = lifecycle
+
+    def report(self, component: str, level: Level, reason: str) -> None:
+        """Record a verdict; log when a component changes level; move the lifecycle for
+        critical ones."""
+        previous = self._health.get(component)
+        self._health.report(component, level, reason)
+        if previous is None or previous.level is not level:
+            _log_change(component, level, reason, first=previous is None)
+        if component not in CRITICAL:
+            return
+        if level is Level.FAILED:
+            self._lifecycle.component_failed(component, reason)
+        else:
+            self._lifecycle.component_recovered(component)
 
 
-def report_gemini(runtime: Runtime) -> None:
-    """The gemini component from the key check and the provider's own health.
+class GeminiHealth:
+    """The gemini component's verdict, from the key check and the provider's own health.
 
     Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
     """
-    report(runtime, "gemini", *gemini_verdict(runtime))
 
+    def __init__(
+        self, provider: ResilientProvider, key_check: GeminiKeyCheck, model: str, verdicts: Verdicts
+    ) -> None:
+        self.provider = provider
+        self.key_check = key_check
+        self._model = model
+        self._verdicts = verdicts
 
-def gemini_verdict(runtime: Runtime) -> tuple[Level, str]:
-    provider, model = runtime.provider, runtime.config.gemini.model
-    if provider.configuration_problem() is not None:
-        return Level.DEGRADED, (
-            "no API key: chat answers in degraded mode "
-            "(set the credential gemini-api-key or GEMINI_API_KEY)"
-        )
-    statistics = provider.statistics()
-    live = (_PROVIDER_LEVELS[statistics.health.status], statistics.health.reason)
-    checked = runtime.key_check.latest()
-    worked = statistics.last_success_age_s
-    if worked is not None and (checked is None or worked <= checked[1]):
-        # A call that worked is newer evidence than any key check before it.
-        key = (Level.OK, f"key works: Gemini answered {worked:.0f}s ago; model {model}")
-    elif checked is None:
-        key = (Level.OK, f"key configured; model {model}; not verified yet")
-    elif checked[0].status is KeyStatus.OK:
-        key = (Level.OK, f"key configured and verified {checked[1]:.0f}s ago; model {model}")
-    else:
-        result = checked[0]
-        key = (
-            _KEY_LEVELS[result.status],
-            f"key check {checked[1]:.0f}s ago: {result.status}: {result.detail}",
-        )
-    # The worse of the two wins; on a tie, the key check's words (they name the key).
-    return max(key, live, key=lambda verdict: _ORDER.index(verdict[0]))
+    def report(self) -> None:
+        self._verdicts.report("gemini", *self.verdict())
 
+    def verdict(self) -> tuple[Level, str]:
+        provider, model = self.provider, self._model
+        if provider.configuration_problem() is not None:
+            return Level.DEGRADED, (
+                "no API key: chat answers in degraded mode "
+                "(set the credential gemini-api-key or GEMINI_API_KEY)"
+            )
+        statistics = provider.statistics()
+        live = (_PROVIDER_LEVELS[statistics.health.status], statistics.health.reason)
+        checked = self.key_check.latest()
+        worked = statistics.last_success_age_s
+        if worked is not None and (checked is None or worked <= checked[1]):
+            # A call that worked is newer evidence than any key check before it.
+            key = (Level.OK, f"key works: Gemini answered {worked:.0f}s ago; model {model}")
+        elif checked is None:
+            key = (Level.OK, f"key configured; model {model}; not verified yet")
+        elif checked[0].status is KeyStatus.OK:
+            key = (Level.OK, f"key configured and verified {checked[1]:.0f}s ago; model {model}")
+        else:
+            result = checked[0]
+            key = (
+                _KEY_LEVELS[result.status],
+                f"key check {checked[1]:.0f}s ago: {result.status}: {result.detail}",
+            )
+        # The worse of the two wins; on a tie, the key check's words (they name the key).
+        return max(key, live, key=lambda verdict: _ORDER.index(verdict[0]))
 
-async def refresh_gemini(runtime: Runtime, max_wait_s: float) -> None:
-    """For `agentctl health`: a fresh key check if the cached one is stale, then the verdict."""
-    if runtime.provider.configuration_problem() is None:
-        await runtime.key_check.refresh_if_stale(max_wait_s)
-    report_gemini(runtime)
+    async def refresh(self, max_wait_s: float) -> None:
+        """For `agentctl health`: a fresh key check if the cached one is stale, then the
+        verdict."""
+        if self.provider.configuration_problem() is None:
+            await self.key_check.refresh_if_stale(max_wait_s)
+        self.report()
 
 
 class HealthChecks:
     """The background checks of one daemon; `run()` until cancelled."""
 
-    def __init__(self, runtime: Runtime, *, clock: Clock = time.monotonic) -> None:
-        self._rt = runtime
-        self._settings = runtime.config.health
+    def __init__(
+        self,
+        settings: HealthSettings,
+        daemon: DaemonSettings,
+        *,
+        db: Database,
+        paths: Paths,
+        metrics: Instruments,
+        alerts: AlertBoard,
+        verdicts: Verdicts,
+        gemini: GeminiHealth,
+        save_counters: Callable[[], Awaitable[None]],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._daemon = daemon
+        self._db = db
+        self._paths = paths
+        self._metrics = metrics
+        self._alerts = alerts
+        self._verdicts = verdicts
+        self._gemini = gemini
+        self._save_counters = save_counters
         self._clock = clock
         self._next_integrity = 0.0  # clock time of the next deep check; 0: at once
         self._integrity: tuple[str, ...] = ()
@@ -223,7 +265,7 @@ class HealthChecks:
             group.create_task(self._run_key_checks(), name="health-gemini-key")
 
     async def _run_local(self) -> None:
-        daemon = self._rt.config.daemon
+        daemon = self._daemon
         delay = daemon.health_interval_s
         while True:
             store_ok = await self.run_once()
@@ -242,7 +284,7 @@ class HealthChecks:
         self.check_disk()
         self.check_event_loop()
         self.check_memory()
-        report_gemini(self._rt)
+        self._gemini.report()
         self.evaluate_alerts()
         return store_ok
 
@@ -251,32 +293,32 @@ class HealthChecks:
     async def check_store(self) -> bool:
         try:
             # A real read and a real write, to the files opened (not replaced since).
-            await self._rt.db.run_checked(state.probe)
-            await save_counters(self._rt)
+            await self._db.run_checked(state.probe)
+            await self._save_counters()
         except StoreError as exc:
-            report(self._rt, "store", Level.FAILED, str(exc))
+            self._verdicts.report("store", Level.FAILED, str(exc))
             return False
-        report(self._rt, "store", Level.OK, "read and write ok")
+        self._verdicts.report("store", Level.OK, "read and write ok")
         return True
 
     async def check_encryption(self) -> None:
         deep = self._clock() >= self._next_integrity
         try:
-            facts = await self._rt.db.run(read_encryption_facts, self._rt.paths.database, deep)
+            facts = await self._db.run(read_encryption_facts, self._paths.database, deep)
         except StoreError as exc:
-            report(self._rt, "encryption", Level.FAILED, str(exc))
+            self._verdicts.report("encryption", Level.FAILED, str(exc))
             return
         if facts.integrity_problems is not None:
             self._integrity = facts.integrity_problems
             every = self._settings.integrity_check_interval_s
             self._next_integrity = self._clock() + every if every > 0 else float("inf")
-        report(self._rt, "encryption", *self._encryption_verdict(facts))
+        self._verdicts.report("encryption", *self._encryption_verdict(facts))
 
     def _encryption_verdict(self, facts: EncryptionFacts) -> tuple[Level, str]:
         if facts.cipher_version is None:
             return Level.FAILED, "no cipher: the store is not encrypted"
         if facts.plaintext_header is None:
-            return Level.FAILED, f"cannot read {self._rt.paths.database}"
+            return Level.FAILED, f"cannot read {self._paths.database}"
         if facts.plaintext_header:
             return Level.FAILED, "the database file starts with the plaintext SQLite header"
         if self._integrity:
@@ -298,14 +340,14 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        report(self._rt, "disk", level, self._disk_detail)
+        self._verdicts.report("disk", level, self._disk_detail)
 
     def _watched_dirs(self) -> list[Path]:
-        paths = self._rt.paths
+        paths = self._paths
         return sorted({paths.database.parent, paths.log_file.parent})
 
     def check_event_loop(self) -> None:
-        lag = self._rt.metrics.loop_lag_statistics().max_recent_s
+        lag = self._metrics.loop_lag_statistics().max_recent_s
         s = self._settings
         if lag > s.loop_lag_failed_s:
             level = Level.FAILED
@@ -313,8 +355,7 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        report(
-            self._rt,
+        self._verdicts.report(
             "event_loop",
             level,
             f"lag {lag * 1000:.1f} ms (degraded over {s.loop_lag_degraded_s * 1000:.0f} ms)",
@@ -324,8 +365,7 @@ class HealthChecks:
         rss = int(process_rss_bytes())
         limit = self._settings.rss_max_bytes
         level = Level.DEGRADED if limit and rss > limit else Level.OK
-        report(
-            self._rt,
+        self._verdicts.report(
             "memory",
             level,
             f"RSS {_mib(rss)}" + (f" (limit {_mib(limit)})" if limit else ""),
@@ -336,14 +376,14 @@ class HealthChecks:
     async def _run_key_checks(self) -> None:
         """At the check interval while the key works; with backoff while it does not."""
         interval = self._settings.gemini_check_interval_s
-        daemon = self._rt.config.daemon
+        daemon = self._daemon
         delay = interval
         while True:
             await asyncio.sleep(delay)  # the checking cadence, not synchronisation
-            if self._rt.provider.configuration_problem() is not None:
+            if self._gemini.provider.configuration_problem() is not None:
                 continue  # no key: nothing to call
-            result = await self._rt.key_check.refresh()
-            report_gemini(self._rt)
+            result = await self._gemini.key_check.refresh()
+            self._gemini.report()
             if result.status is KeyStatus.OK:
                 delay = interval
             else:
@@ -353,12 +393,12 @@ class HealthChecks:
     # -- alerts
 
     def evaluate_alerts(self) -> None:
-        errors, requests = self._rt.metrics.errors.counts()
-        breaker = self._rt.provider.statistics().breaker
+        errors, requests = self._metrics.errors.counts()
+        breaker = self._gemini.provider.statistics().breaker
         inputs = AlertInputs(
             errors=errors,
             requests=requests,
-            chat_p95_s=self._rt.metrics.chat_p95_s(),
+            chat_p95_s=self._metrics.chat_p95_s(),
             breaker_open=breaker.state is BreakerState.OPEN,
             breaker_detail=(
                 f"circuit breaker open after {breaker.trips} trip(s); last failure: "
@@ -367,7 +407,7 @@ class HealthChecks:
             disk_free_bytes=self._disk_free,
             disk_detail=self._disk_detail,
         )
-        evaluate_rules(self._rt.alerts, inputs, self._settings)
+        evaluate_rules(self._alerts, inputs, self._settings)
 
 
 def _log_change(component: str, level: Level, reason: str, *, first: bool) -> None:

@@ -43,8 +43,8 @@ from agentd.telemetry.metrics import (
 )
 
 if TYPE_CHECKING:
-    from agentd.runtime import Runtime
     from agentd.store.audit import AuditStatistics
+    from agentd.store.database import Database
 
 # What the error ratio counts: the daemon failing a request. A client's
 # mistake (BAD_REQUEST, FORBIDDEN...) or a rate limit doing its job is not.
@@ -71,17 +71,6 @@ class Readings:
     admission: AdmissionStatistics | None = None
     audit: AuditStatistics | None = None
     store_size_bytes: int | None = None
-
-
-def readings_of(runtime: Runtime) -> Readings:
-    """What `refresh()` needs, from the running daemon."""
-    return Readings(
-        lifecycle=runtime.lifecycle.statistics(),
-        provider=runtime.provider.statistics(),
-        admission=runtime.chat.queue.statistics(),
-        audit=runtime.audit.statistics(),
-        store_size_bytes=runtime.store_size_bytes(),
-    )
 
 
 class _Deltas:
@@ -418,11 +407,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-async def restore_counters(runtime: Runtime) -> None:
+async def restore_counters(db: Database, metrics: Instruments) -> None:
     """Add the lifetime totals of earlier runs; a damaged value is logged and skipped."""
-    saved = await runtime.db.run(state.get_value, "metrics_lifetime")
+    saved = await db.run(state.get_value, "metrics_lifetime")
     try:
-        skipped = runtime.metrics.restore_lifetime(saved if isinstance(saved, dict) else {})
+        skipped = metrics.restore_lifetime(saved if isinstance(saved, dict) else {})
     except ValueError as exc:
         logger.warning("lifetime metrics not restored (%s): counting from zero", exc)
         return
@@ -430,7 +419,7 @@ async def restore_counters(runtime: Runtime) -> None:
         logger.info("lifetime metrics no longer defined, not restored: %s", ", ".join(skipped))
 
 
-async def save_counters(runtime: Runtime) -> None:
+async def save_counters(db: Database, metrics: Instruments, readings: Readings) -> None:
     """Persist every lifetime counter (a real write: the health check's too)."""
-    runtime.metrics.refresh(readings_of(runtime))
-    await runtime.db.run(state.put_values, {"metrics_lifetime": runtime.metrics.export_lifetime()})
+    metrics.refresh(readings)
+    await db.run(state.put_values, {"metrics_lifetime": metrics.export_lifetime()})
