@@ -45,6 +45,13 @@ def ping_many(d: DaemonProcess, count: int) -> None:
             client.call("ping")
 
 
+def list_sessions_many(d: DaemonProcess, count: int) -> None:
+    """Requests that leave an audit row each (a probe such as ping does not)."""
+    with Client(d.socket) as client:
+        for _ in range(count):
+            client.call("sessions")
+
+
 # -- metrics
 
 
@@ -227,7 +234,7 @@ def test_audit_verify_names_the_first_broken_row(
 ) -> None:
     """1. The trail verifies (exit 0). 2. Stop; change row 4 behind the daemon's back.
     3. Start; verify exits 1 and names seq 4."""
-    ping_many(daemon, 8)
+    list_sessions_many(daemon, 8)
     intact = daemon.agentctl("audit", "verify")
     assert intact.returncode == 0, intact.stdout
     assert b"intact" in intact.stdout
