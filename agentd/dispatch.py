@@ -105,8 +105,9 @@ class Dispatcher:
         at once; None when the request must go through `handle` instead.
 
         No task and no await: this is what keeps `status` cheap (docs/performance.md).
-        Its audit row is queued without waiting, so when the audit queue is full the
-        request goes through `handle`, which waits for room.
+        Its audit row, if its class or a refusal calls for one, is queued without
+        waiting, so when the audit queue is full the request goes through `handle`,
+        which waits for room.
         """
         spec = self._commands.get(request.cmd)
         if spec is None or spec.answer is None or not self._audit.has_room():
@@ -131,7 +132,8 @@ class Dispatcher:
         try:
             result = await self._admit(call).handler(self._context, call)
         except asyncio.CancelledError:
-            # The client left or the daemon stops: the request still leaves its audit row.
+            # The client left or the daemon stops: the request still leaves its audit row
+            # (with the session the handler reached, from call.facts).
             finished = Finished(call, spec, arrived, started, "CANCELLED", {})
             if self._gets_row(finished):
                 self._audit.record_nowait(self._audit_event(finished))
