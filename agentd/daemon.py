@@ -231,7 +231,9 @@ class Daemon:
             alerts=AlertBoard(),
             audit=AuditWriter(self._db, anchor=self._anchor),
             limiter=limiter,
-            gemini_health=GeminiHealth(provider, key_check, self.config.gemini.model, self._verdicts),
+            gemini_health=GeminiHealth(
+                provider, key_check, self.config.gemini.model, self._verdicts
+            ),
             gate=gate,
         )
         await restore_counters(self._db, metrics)
@@ -278,17 +280,9 @@ class Daemon:
     def _on_breaker_change(self, old: BreakerState, new: BreakerState) -> None:
         """Breaker open = the model is failing: ERROR, degraded answers, and a recovery loop."""
         assert self.runtime is not None
-        if new is BreakerState.OPEN:
-            reason = "circuit breaker open: Gemini keeps failing"
-            self.runtime.gemini_health.report()
-            self.lifecycle.component_failed("gemini", reason)
-            if self._recovery is None or self._recovery.done():
-                self._recovery = asyncio.create_task(
-                    self._recover_provider(), name="gemini-recovery"
-                )
-        elif new is BreakerState.CLOSED:
-            self.runtime.gemini_health.report()
-            self.lifecycle.component_recovered("gemini")
+        self.runtime.gemini_health.breaker_changed(new)
+        if new is BreakerState.OPEN and (self._recovery is None or self._recovery.done()):
+            self._recovery = asyncio.create_task(self._recover_provider(), name="gemini-recovery")
 
     async def _recover_provider(self) -> None:
         """Probe Gemini with backoff until the breaker closes (the probe is its trial call)."""

@@ -19,7 +19,7 @@ from agentd.commands.table import command_table
 from agentd.dispatch import Dispatcher
 from agentd.lifecycle import Lifecycle, State
 from agentd.protocol import Request
-from agentd.providers import create_provider
+from agentd.providers import BreakerState, create_provider
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings, RequestLimiter
 from agentd.refusals import RefusalAudit
@@ -250,3 +250,18 @@ def test_gemini_without_a_key_is_degraded_but_not_an_error() -> None:
     component = board.get("gemini")
     assert component is not None and component.level is Level.DEGRADED
     assert "no API key" in component.reason and lifecycle.state is State.READY
+
+
+def test_only_the_breaker_puts_the_agent_in_error_for_gemini() -> None:
+    lifecycle, board = Lifecycle(), HealthBoard()
+    lifecycle.transition(State.READY, "test")
+    provider = create_provider(ProviderSettings(), "not-a-real-key")
+    gemini = GeminiHealth(
+        provider, GeminiKeyCheck(provider, 60.0), "gemini-test", Verdicts(board, lifecycle)
+    )
+    gemini.report()
+    assert lifecycle.state is State.READY
+    gemini.breaker_changed(BreakerState.OPEN)
+    assert lifecycle.state is State.ERROR and "gemini" in lifecycle.failing()
+    gemini.breaker_changed(BreakerState.CLOSED)
+    assert lifecycle.state is State.READY

@@ -65,6 +65,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DISK_FAILED_BYTES: Final = 1 * MIB
+BREAKER_OPEN: Final = "circuit breaker open: Gemini keeps failing"
 # Components whose failure puts the agent in ERROR.
 CRITICAL: Final = frozenset({"store", "encryption", "disk"})
 _KEY_LEVELS: Final = {
@@ -167,19 +168,21 @@ class Verdicts:
         self._health.report(component, level, reason)
         if previous is None or previous.level is not level:
             _log_change(component, level, reason, first=previous is None)
-        if component not in CRITICAL:
-            return
-        if level is Level.FAILED:
-            self._lifecycle.component_failed(component, reason)
+        if component in CRITICAL:
+            self.move_lifecycle(component, reason if level is Level.FAILED else None)
+
+    def move_lifecycle(self, component: str, failure: str | None) -> None:
+        """Into ERROR while `component` fails (`failure` says why); back once it recovers."""
+        if failure is not None:
+            self._lifecycle.component_failed(component, failure)
         else:
             self._lifecycle.component_recovered(component)
 
 
 class GeminiHealth:
-    """The gemini component's verdict, from the key check and the provider's own health.
-
-    Health only: the breaker itself moves the lifecycle (Daemon._on_breaker_change).
-    """
+    """The one owner of "is Gemini failing": the gemini component's verdict, from the
+    key check and the provider's own health, and the lifecycle, moved by the breaker
+    alone (an open breaker is ERROR; a failed key check is only the component's)."""
 
     def __init__(
         self, provider: ResilientProvider, key_check: GeminiKeyCheck, model: str, verdicts: Verdicts
@@ -191,6 +194,13 @@ class GeminiHealth:
 
     def report(self) -> None:
         self._verdicts.report("gemini", *self.verdict())
+
+    def breaker_changed(self, new: BreakerState) -> None:
+        self.report()
+        if new is BreakerState.OPEN:
+            self._verdicts.move_lifecycle("gemini", BREAKER_OPEN)
+        elif new is BreakerState.CLOSED:
+            self._verdicts.move_lifecycle("gemini", None)
 
     def verdict(self) -> tuple[Level, str]:
         provider, model = self.provider, self._model
