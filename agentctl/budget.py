@@ -7,19 +7,18 @@ from typing import Any
 
 import click
 
-from agentctl.cli import json_option, options
-from agentctl.output import print_json, print_table
+from agentctl.context import json_option, show
+from agentctl.output import print_table
 
 
 @click.command()
 @json_option
 def budget() -> None:
     """Show each budget's use today and its reset time (yours; an admin sees every uid)."""
-    opts = options()
-    result = opts.client().call("budget")
-    if opts.json:
-        print_json(result)
-        return
+    show("budget", _print_budgets)
+
+
+def _print_budgets(result: dict[str, Any]) -> None:
     rows = [_row(b) for b in result["budgets"]]
     print_table(["BUDGET", "USED", "LIMIT", "USE", "RESETS"], rows)
     click.echo(

@@ -9,39 +9,27 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agentctl import exits
-from agentctl.client import Client, ConnectionLost, DaemonError, NotRunning, PermissionRefused
+from agentctl import budget, conversation, exits, ops
+from agentctl.client import ConnectionLost, DaemonError, NotRunning, PermissionRefused
+from agentctl.context import Options, describe, fail, json_option, options, show
 from agentctl.output import (
     human_bytes,
     human_duration,
-    level_colour,
+    print_components,
     print_json,
     print_pairs,
     state_colour,
-    visible,
 )
 from agentd.protocol import client_socket_path
 
 if TYPE_CHECKING:
     import subprocess
 
-F = TypeVar("F", bound=Callable[..., Any])
 SERVING = ("READY", "PROCESSING")
-
-
-@dataclass
-class Options:
-    socket: str
-    json: bool
-
-    def client(self, timeout: float | None = 30.0) -> Client:
-        return Client(self.socket, timeout=timeout)
 
 
 class AgentctlGroup(click.Group):
@@ -57,50 +45,9 @@ class AgentctlGroup(click.Group):
         except ConnectionLost as exc:
             fail(str(exc), exits.FAILED)
         except DaemonError as exc:
-            fail(_describe(exc), exits.for_error_code(exc.code), error=exc)
+            fail(describe(exc), exits.for_error_code(exc.code), error=exc)
         except KeyboardInterrupt:
             fail("interrupted", 130)
-
-
-def _describe(exc: DaemonError) -> str:
-    text = f"{exc.message} ({exc.code})"
-    if exc.code == "RATE_LIMITED" and "retry_after" in exc.details:
-        text += f"; retry in {float(exc.details['retry_after']):.1f}s"
-    if "error_id" in exc.details:
-        text += f" [{exc.details['error_id']}]"
-    return text
-
-
-def fail(message: str, status: int, error: DaemonError | None = None) -> NoReturn:
-    ctx = click.get_current_context(silent=True)
-    options = ctx.find_object(Options) if ctx else None
-    if options is not None and options.json:
-        payload = (
-            {"code": error.code, "message": error.message, **error.details}
-            if error
-            else {"message": message}
-        )
-        print_json({"ok": False, "exit_status": status, "error": payload})
-    click.echo(f"agentctl: {visible(message)}", err=True)  # it may quote what others wrote
-    sys.exit(status)
-
-
-def json_option(fn: F) -> F:
-    """--json on every command, as well as before it."""
-
-    def remember(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value:
-            ctx.ensure_object(Options).json = True
-        return value
-
-    return click.option(
-        "--json",
-        "json_flag",
-        is_flag=True,
-        expose_value=False,
-        callback=remember,
-        help="Print JSON for scripts.",
-    )(fn)
 
 
 @click.group(cls=AgentctlGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -118,10 +65,6 @@ def json_option(fn: F) -> F:
 def cli(ctx: click.Context, socket_path: str | None, json_flag: bool) -> None:
     """Drive the agentd daemon: start it, ask it things, stop it."""
     ctx.obj = Options(socket=socket_path or client_socket_path(os.environ), json=json_flag)
-
-
-def options() -> Options:
-    return click.get_current_context().ensure_object(Options)
 
 
 # -- start / status / stop ---------------------------------------------------------
@@ -198,13 +141,9 @@ def _report_failed_start(process: subprocess.Popen[bytes]) -> NoReturn:
 @json_option
 def status() -> None:
     """Show state, uptime, paths and component health; exit 0 only when READY/PROCESSING and healthy."""
-    opts = options()
-    result = opts.client().call("status")
+    socket_path = options().socket
+    result = show("status", lambda s: _print_status(s, socket_path))
     healthy = bool(result.get("healthy")) and result.get("state") in SERVING
-    if opts.json:
-        print_json(result)
-    else:
-        _print_status(result, opts.socket)
     sys.exit(exits.OK if healthy else exits.FAILED)
 
 
@@ -226,12 +165,7 @@ def _print_status(s: dict[str, Any], socket_path: str) -> None:
         ]
     )
     click.echo("  components:")
-    components = s.get("components", {})
-    width = max((len(n) for n in components), default=0)
-    for name, c in components.items():
-        click.echo(
-            f"    {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}"
-        )
+    print_components(s.get("components", {}), indent=4)
 
 
 @cli.command()
@@ -295,26 +229,13 @@ def _not_zombie(pid: int) -> bool:
 @json_option
 def ping() -> None:
     """Check that agentd answers (exit 0) or not (exit 3)."""
-    opts = options()
-    result = opts.client().call("ping")
-    if opts.json:
-        print_json(result)
-    else:
-        click.echo(f"pong ({result['state']})")
+    show("ping", lambda result: click.echo(f"pong ({result['state']})"))
 
 
 def main() -> None:
     cli(prog_name="agentctl")
 
 
-def _register_commands() -> None:
-    """The conversation and operations commands live in their own modules, which build
-    on the helpers above (so they are imported last)."""
-    from agentctl import budget, conversation, ops
-
-    conversation.register(cli)
-    ops.register(cli)
-    budget.register(cli)
-
-
-_register_commands()
+conversation.register(cli)
+ops.register(cli)
+budget.register(cli)

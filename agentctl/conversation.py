@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from agentctl import exits
-from agentctl.cli import fail, json_option, options
 from agentctl.client import Client
+from agentctl.context import fail, json_option, options
 from agentctl.output import for_terminal, print_json, print_table, style, visible
 
 CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
@@ -36,7 +36,9 @@ FRAME_ROOM = 4096  # what a chat request holds beside the prompt (names, system 
 @click.option(
     "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
 )
-@click.option("--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role).")
+@click.option(
+    "--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role)."
+)
 @click.option(
     "--allow-secrets",
     is_flag=True,

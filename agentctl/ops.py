@@ -22,12 +22,12 @@ from typing import Any, Final
 import click
 
 from agentctl import exits
-from agentctl.cli import Options, json_option, options
 from agentctl.client import ConnectionLost
+from agentctl.context import Options, json_option, options, show
 from agentctl.output import (
     human_bytes,
     human_duration,
-    level_colour,
+    print_components,
     print_json,
     print_pairs,
     print_table,
@@ -58,11 +58,7 @@ def metrics(prometheus: bool) -> None:
         result = opts.client().call("metrics", {"format": "prometheus"})
         click.echo(result["text"], nl=False)
         return
-    result = opts.client().call("metrics", {"format": "json"})
-    if opts.json:
-        print_json(result)
-        return
-    _print_summary(result["summary"])
+    show("metrics", lambda result: _print_summary(result["summary"]), {"format": "json"})
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -135,22 +131,14 @@ def _latency(summary: dict[str, Any]) -> str:
 @json_option
 def health() -> None:
     """Check every component; exit 0 when healthy, 1 otherwise (for scripts and monitors)."""
-    opts = options()
-    result = opts.client().call("health")
-    if opts.json:
-        print_json(result)
-    else:
-        _print_health(result)
+    result = show("health", _print_health)
     sys.exit(exits.OK if result.get("healthy") else exits.FAILED)
 
 
 def _print_health(h: dict[str, Any]) -> None:
     verdict = "healthy" if h["healthy"] else "unhealthy"
     click.echo(f"{verdict}: {state_colour(h['state'])} - {h.get('state_reason', '')}")
-    components = h.get("components", {})
-    width = max((len(name) for name in components), default=0)
-    for name, c in components.items():
-        click.echo(f"  {name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}")
+    print_components(h.get("components", {}))
     for alert in h.get("alerts", []):
         click.echo(style(f"  ALERT {alert['name']}: {alert['detail']}", fg="red", bold=True))
 
@@ -311,11 +299,12 @@ def _owner(owner_uid: int | None) -> str:
 @json_option
 def verify() -> None:
     """Check the whole hash chain; exit 0 when intact, 1 naming the first broken row."""
-    opts = options()
-    result = opts.client(timeout=None).call("audit_verify")
-    if opts.json:
-        print_json(result)
-    elif result["ok"]:
+    result = show("audit_verify", _print_verdict, timeout=None)
+    sys.exit(exits.OK if result["ok"] else exits.FAILED)
+
+
+def _print_verdict(result: dict[str, Any]) -> None:
+    if result["ok"]:
         head = result["head"]
         click.echo(
             f"audit trail intact: {result['rows_checked']} rows, head seq {head['seq']} "
@@ -327,4 +316,3 @@ def verify() -> None:
             f"audit trail BROKEN at {where}: {result['reason']} ({result['detail']}); "
             f"{result['rows_checked']} rows intact before it"
         )
-    sys.exit(exits.OK if result["ok"] else exits.FAILED)

@@ -72,6 +72,15 @@ def level_colour(level: str, width: int = 0) -> str:
     return (style(level, fg=colour) if colour else level) + padding
 
 
+def print_components(components: dict[str, dict[str, Any]], indent: int = 2) -> None:
+    """The component table of `status` and `health`: name, level, reason."""
+    width = max((len(name) for name in components), default=0)
+    for name, c in components.items():
+        click.echo(
+            f"{' ' * indent}{name.ljust(width)}  {level_colour(c['status'], 8)}  {c.get('reason', '')}"
+        )
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import types
 import typing
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agentd.audit.settings import AuditSettings
+from agentd.constraints import bounded, problems
 from agentd.errors import ConfigError
 from agentd.governance.settings import BudgetSettings, ModelPolicySettings, ScanSettings
 from agentd.providers.settings import ProviderSettings
@@ -31,6 +34,10 @@ SOCKET_GROUP_ROLES: Final = ("chat", "read", "none")
 SYSTEM_CONFIG: Final = Path("/etc/agentd/agentd.toml")
 
 
+def _level_problem(level: str) -> str | None:
+    return None if level.upper() in logging.getLevelNamesMapping() else f"{level!r} is not a level"
+
+
 @dataclass(frozen=True)
 class DaemonSettings:
     """Where the daemon lives and how it treats connections."""
@@ -38,14 +45,20 @@ class DaemonSettings:
     state_dir: str = ""  # "" = $STATE_DIRECTORY, else ~/.local/state/agentd
     socket_path: str = ""  # "" = $RUNTIME_DIRECTORY/agentd.sock, else $XDG_RUNTIME_DIR/agentd/
     socket_group: str = ""  # group allowed on the socket (mode 0660); "" = owner only (0600)
-    max_frame_bytes: int = 1024 * 1024
-    max_connections: int = 1024
-    max_connections_per_uid: int = 64  # admins are not held to it
+    max_frame_bytes: int = bounded(1024 * 1024, gt=0)
+    max_connections: int = bounded(1024, gt=0)
+    max_connections_per_uid: int = bounded(64, gt=0)  # admins are not held to it
     admin_reserved_connections: int = 8  # the last free slots: admins only (as root's way in)
-    idle_timeout_s: float = 300.0  # a connection silent between requests this long is closed
-    frame_timeout_s: float = 10.0  # a frame started but not finished within this is dropped
-    shutdown_grace_s: float = 20.0  # in-flight chats get this long on STOPPING
-    health_interval_s: float = 5.0  # how often components are probed in the background
+    idle_timeout_s: float = bounded(
+        300.0, gt=0
+    )  # a connection silent between requests this long is closed
+    frame_timeout_s: float = bounded(
+        10.0, gt=0
+    )  # a frame started but not finished within this is dropped
+    shutdown_grace_s: float = bounded(20.0, ge=0)  # in-flight chats get this long on STOPPING
+    health_interval_s: float = bounded(
+        5.0, gt=0
+    )  # how often components are probed in the background
     recovery_max_backoff_s: float = 30.0
 
 
@@ -64,22 +77,28 @@ class SecretsSettings:
 
 @dataclass(frozen=True)
 class LogSettings:
-    level: str = "INFO"
+    level: str = bounded("INFO", check=_level_problem)
     file_max_bytes: int = 10 * 1024 * 1024
     file_backups: int = 3
-    ring_size: int = 2000  # records kept in memory for `agentctl logs`
+    ring_size: int = bounded(2000, gt=0)  # records kept in memory for `agentctl logs`
 
 
 @dataclass(frozen=True)
 class ChatSettings:
-    max_prompt_bytes: int = 200_000  # UTF-8 bytes of one prompt (stdin and argument together)
+    max_prompt_bytes: int = bounded(
+        200_000, gt=0
+    )  # UTF-8 bytes of one prompt (stdin and argument together)
     # UTF-8 bytes of one answer's text; past it the answer is cut, stored as
     # truncated, and the rest is not read. Well under daemon.max_frame_bytes.
-    max_answer_bytes: int = 256 * 1024
-    max_concurrent: int = 8  # chats at the provider at once
+    max_answer_bytes: int = bounded(256 * 1024, gt=0)
+    max_concurrent: int = bounded(8, gt=0)  # chats at the provider at once
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
-    history_max_turns: int = 50  # exchanges read from the store before the token budget applies
-    max_system_prompt_bytes: int = 16 * 1024  # UTF-8 bytes of a session's own system prompt
+    history_max_turns: int = bounded(
+        50, gt=0
+    )  # exchanges read from the store before the token budget applies
+    max_system_prompt_bytes: int = bounded(
+        16 * 1024, gt=0
+    )  # UTF-8 bytes of a session's own system prompt
 
 
 @dataclass(frozen=True)
@@ -92,7 +111,7 @@ class AccessSettings:
     read_groups: tuple[str, ...] = ()
     # What membership of daemon.socket_group alone grants: chat, read or none (then the
     # socket group only lets peers connect, and the groups above decide their roles).
-    socket_group_role: str = "chat"
+    socket_group_role: str = bounded("chat", one_of=SOCKET_GROUP_ROLES)
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,7 @@ class Config:
     secrets_scan: ScanSettings = field(default_factory=ScanSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -135,6 +155,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "secrets_scan": ScanSettings,
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
+    "audit": AuditSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -366,40 +387,11 @@ def _build(
 
 
 def _validate(config: Config) -> None:
-    import logging
-
-    if config.log.level.upper() not in logging.getLevelNamesMapping():
-        raise ConfigError(
-            f"{_origin(config, 'log.level')}: log.level {config.log.level!r} is not a level"
-        )
-    positive = {
-        "daemon.max_frame_bytes": config.daemon.max_frame_bytes,
-        "daemon.max_connections": config.daemon.max_connections,
-        "daemon.max_connections_per_uid": config.daemon.max_connections_per_uid,
-        "daemon.idle_timeout_s": config.daemon.idle_timeout_s,
-        "daemon.frame_timeout_s": config.daemon.frame_timeout_s,
-        "daemon.health_interval_s": config.daemon.health_interval_s,
-        "log.ring_size": config.log.ring_size,
-        "chat.max_prompt_bytes": config.chat.max_prompt_bytes,
-        "chat.max_answer_bytes": config.chat.max_answer_bytes,
-        "chat.max_concurrent": config.chat.max_concurrent,
-        "chat.history_max_turns": config.chat.history_max_turns,
-        "chat.max_system_prompt_bytes": config.chat.max_system_prompt_bytes,
-    }
-    for key, value in positive.items():
-        if value <= 0:
-            raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
-    for name, problem in config.gemini.problems():
-        raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
-    for section in ("limits", "health", "pricing", "secrets_scan", "budgets", "model_policy"):
-        for name, problem in getattr(config, section).problems():
+    """Each section's declared constraints (constraints.py), then the rules across sections."""
+    for section in SECTIONS:
+        for name, problem in problems(getattr(config, section)):
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")
-    if config.access.socket_group_role not in SOCKET_GROUP_ROLES:
-        raise ConfigError(
-            f"{_origin(config, 'access.socket_group_role')}: access.socket_group_role must be "
-            f"one of {', '.join(SOCKET_GROUP_ROLES)}"
-        )
     _validate_reserve(config)
     if config.chat.max_answer_bytes > config.daemon.max_frame_bytes // 2:
         # The reply carries the answer and its fields in one frame.
@@ -407,8 +399,6 @@ def _validate(config: Config) -> None:
             f"{_origin(config, 'chat.max_answer_bytes')}: chat.max_answer_bytes must be at "
             f"most half of daemon.max_frame_bytes ({config.daemon.max_frame_bytes // 2})"
         )
-    if config.daemon.shutdown_grace_s < 0:
-        raise ConfigError(f"{_origin(config, 'daemon.shutdown_grace_s')}: must not be negative")
 
 
 def _validate_reserve(config: Config) -> None:

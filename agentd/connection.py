@@ -166,8 +166,9 @@ class ClientConnection(asyncio.Protocol):
         self._start_waiting_request(request)
 
     def _start_waiting_request(self, request: Request) -> None:
-        self._long_running = self._dispatcher.is_long_running(request.cmd)
-        must_finish = self._dispatcher.must_finish(request.cmd)  # a chat, not a log follow
+        spec = self._dispatcher.spec(request.cmd)  # None: unknown, refused by dispatch
+        self._long_running = spec is not None and spec.long_running
+        must_finish = spec is not None and spec.drained  # a chat, not a log follow
         handling = self._dispatcher.handle(request, self._peer, self._emit_for(request.id))
         self._request = self._loop.create_task(handling)
         if must_finish:

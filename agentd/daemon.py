@@ -20,7 +20,7 @@ from typing import Any
 
 from agentd.access import AccessPolicy, build_policy
 from agentd.chat import ChatPipeline
-from agentd.commands import load_commands
+from agentd.commands.table import command_table
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
 from agentd.errors import ConfigError, StoreError
@@ -44,7 +44,7 @@ from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
-from agentd.telemetry.checks import HealthChecks, report
+from agentd.telemetry.checks import HealthChecks, Verdicts
 from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
@@ -87,6 +87,7 @@ class Daemon:
         self._adopted: socket.socket | None = None
         self._gemini: GeminiHealth | None = None
         self.runtime: Runtime | None = None
+        self._verdicts: Verdicts | None = None
 
     async def run(self) -> None:
         try:
@@ -135,7 +136,7 @@ class Daemon:
         )
         self._server = Server(
             self.config.daemon,
-            Dispatcher(runtime, self._refusals),
+            self._dispatcher(runtime, self._refusals),
             runtime.access,
             runtime.metrics.connections_refused,
         )
@@ -151,6 +152,19 @@ class Daemon:
         self._start_background_tasks()
         if self._detached:
             detach_stderr(self._log_sinks)
+
+    def _dispatcher(self, runtime: Runtime, refusals: RefusalAudit) -> Dispatcher:
+        return Dispatcher(
+            command_table(),
+            runtime,
+            access=runtime.access,
+            lifecycle=self.lifecycle,
+            limiter=runtime.limiter,
+            metrics=runtime.metrics,
+            audit=runtime.audit,
+            refusals=refusals,
+            policy=self.config.audit,
+        )
 
     async def _open_store(self) -> Runtime:
         key = load_db_key(self.config, self.paths, self._environ)
@@ -180,15 +194,6 @@ class Daemon:
                 "%d chats cut off by the previous run are marked interrupted", interrupted
             )
         provider = self._create_provider()
-        board = HealthBoard()
-        self._gemini = GeminiHealth(
-            provider,
-            board,
-            self.lifecycle,
-            model=self.config.gemini.model,
-            check_interval_s=self.config.health.gemini_check_interval_s,
-            recovery_max_backoff_s=self.config.daemon.recovery_max_backoff_s,
-        )
         metrics = Instruments(
             prices=self.config.pricing.prices(),
             loop_lag=LoopLagMonitor(),
@@ -207,12 +212,22 @@ class Daemon:
             metrics,
             gate,
         )
+        health = HealthBoard()
+        self._verdicts = Verdicts(health, self.lifecycle)
+        self._gemini = GeminiHealth(
+            provider,
+            health,
+            self.lifecycle,
+            model=self.config.gemini.model,
+            check_interval_s=self.config.health.gemini_check_interval_s,
+            recovery_max_backoff_s=self.config.daemon.recovery_max_backoff_s,
+        )
         self.runtime = Runtime(
             config=self.config,
             paths=self.paths,
             lifecycle=self.lifecycle,
             db=self._db,
-            health=board,
+            health=health,
             logs=self._log_sinks,
             access=self._access_policy(),
             provider=provider,
@@ -227,19 +242,18 @@ class Daemon:
             gemini_health=self._gemini,
             gate=gate,
         )
-        await restore_counters(self.runtime)
+        await restore_counters(self._db, metrics)
         self.runtime.metrics.starts.inc()
         await self.runtime.audit.start()
         self.runtime.health.report("store", Level.OK, "opened; migrations current")
         self.runtime.health.report("encryption", Level.OK, "SQLCipher, raw 256-bit key")
         self._gemini.report_start()
-        load_commands()
         return self.runtime
 
     def _on_store_lost(self, reason: str) -> None:
         """The database files were deleted or replaced under us: ERROR at once."""
-        if self.runtime is not None:
-            report(self.runtime, "store", Level.FAILED, reason)
+        if self._verdicts is not None:
+            self._verdicts.report("store", Level.FAILED, reason)
 
     def _gate(self, metrics: Instruments) -> Gate:
         assert self._db is not None
@@ -288,13 +302,31 @@ class Daemon:
         interval = watchdog_interval(self._environ)
         if interval:
             self._spawn(run_watchdog(self._notifier, interval), "watchdog")
-        self._spawn(HealthChecks(self.runtime).run(), "health")
+        self._spawn(self._health_checks(self.runtime).run(), "health")
         self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
         if self._refusals is not None:
             self._spawn(self._refusals.run(), "refusal-audit")
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")
+
+    def _health_checks(self, runtime: Runtime) -> HealthChecks:
+        return HealthChecks(
+            self.config.health,
+            self.config.daemon,
+            db=runtime.db,
+            paths=self.paths,
+            metrics=runtime.metrics,
+            alerts=runtime.alerts,
+            verdicts=self._verdicts or Verdicts(runtime.health, self.lifecycle),
+            gemini=runtime.gemini_health,
+            save_counters=self._save_counters,
+        )
+
+    async def _save_counters(self) -> None:
+        """Persist the lifetime counters (a real write: the store check's too)."""
+        assert self.runtime is not None
+        await save_counters(self.runtime.db, self.runtime.metrics, self.runtime.readings())
 
     def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -394,7 +426,7 @@ class Daemon:
                 await self._refusals.flush()  # refusals counted so far: their rows, too
             await self.runtime.audit.close()  # queued audit rows go in before the store closes
             with contextlib.suppress(StoreError):
-                await save_counters(self.runtime)
+                await self._save_counters()
         await self._db.close()
 
     def _release_state_dir(self) -> None:

@@ -12,10 +12,12 @@ import itertools
 import logging
 import time
 import uuid
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from agentd.access import Peer, Role
-from agentd.commands import COMMANDS, Call, CommandSpec, Emit
+from agentd.access import AccessPolicy, Peer, Role
+from agentd.audit.settings import AuditSettings
+from agentd.commands import AuditFacts, Call, CommandSpec, Emit, Rate
 from agentd.errors import (
     BadRequest,
     Forbidden,
@@ -25,15 +27,17 @@ from agentd.errors import (
     StoreError,
     UnknownCommand,
 )
-from agentd.lifecycle import SERVING, State
-from agentd.ownership import owner_uid_var
+from agentd.lifecycle import SERVING, Lifecycle, State
 from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
-from agentd.ratelimit import CHAT, CHEAP
+from agentd.ratelimit import CHEAP, RequestLimiter
 from agentd.refusals import REFUSALS, RefusalAudit
-from agentd.runtime import Runtime
-from agentd.store.audit import AuditEvent
+from agentd.store.audit import AuditEvent, AuditWriter
+from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
 from agentd.untrusted import clip
+
+if TYPE_CHECKING:
+    from agentd.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -60,32 +64,59 @@ class Finished(NamedTuple):
 
 
 class Dispatcher:
-    """Runs requests: `answer_now` for handlers that never wait, `handle` for the rest.
+    """Runs requests of a command table: `answer_now` for handlers that never wait,
+    `handle` for the rest.
 
-    Each request leaves an audit row, but a peer's refusals past a budget per
-    interval are only counted, into one row per peer (refusals.py).
+    A request leaves an audit row when [audit] sets its command's class to
+    `metadata`; one of a class set to `none` is counted in metrics instead. A
+    refusal is audited whatever the class, but a peer's refusals past a budget
+    per interval are only counted, into one row per peer (refusals.py).
     """
 
-    def __init__(self, runtime: Runtime, refusals: RefusalAudit) -> None:
-        self._runtime = runtime
+    def __init__(
+        self,
+        commands: Mapping[str, CommandSpec],
+        context: Runtime,
+        *,
+        access: AccessPolicy,
+        lifecycle: Lifecycle,
+        limiter: RequestLimiter,
+        metrics: Instruments,
+        audit: AuditWriter,
+        refusals: RefusalAudit,
+        policy: AuditSettings,
+    ) -> None:
+        self._commands = dict(commands)
+        self._context = context  # what handlers work with; dispatch itself never reads it
+        self._access = access
+        self._lifecycle = lifecycle
+        self._limiter = limiter
+        self._metrics = metrics
+        self._audit = audit
         self._refusals = refusals
+        self._audited = frozenset(n for n, s in commands.items() if policy.audited(s.audit))
+
+    def spec(self, cmd: str) -> CommandSpec | None:
+        """The command's spec; None when there is no such command."""
+        return self._commands.get(cmd)
 
     def answer_now(self, request: Request, peer: Peer) -> dict[str, Any] | None:
         """The reply of a request whose handler never waits (status, ping...), computed
         at once; None when the request must go through `handle` instead.
 
         No task and no await: this is what keeps `status` cheap (docs/performance.md).
-        Its audit row is queued without waiting, so when the audit queue is full the
-        request goes through `handle`, which waits for room.
+        Its audit row, if its class or a refusal calls for one, is queued without
+        waiting, so when the audit queue is full the request goes through `handle`,
+        which waits for room.
         """
-        spec = COMMANDS.get(request.cmd)
-        if spec is None or spec.answer is None or not self._runtime.audit.has_room():
+        spec = self._commands.get(request.cmd)
+        if spec is None or spec.answer is None or not self._audit.has_room():
             return None
         call = self._begin(request, peer, _no_events)
         started, arrived = time.monotonic(), time.time()
         try:
             self._admit(call)
-            result = spec.answer(self._runtime, call)
+            result = spec.answer(self._context, call)
         except Exception as exc:
             finished, reply = self._failed(Finished(call, spec, arrived, started, None, {}), exc)
         else:
@@ -97,13 +128,15 @@ class Dispatcher:
     async def handle(self, request: Request, peer: Peer, emit: Emit) -> dict[str, Any]:
         call = self._begin(request, peer, emit)
         started, arrived = time.monotonic(), time.time()
-        spec = COMMANDS.get(request.cmd)  # None: unknown, refused by _admit
+        spec = self._commands.get(request.cmd)  # None: unknown, refused by _admit
         try:
-            result = await self._admit(call).handler(self._runtime, call)
+            result = await self._admit(call).handler(self._context, call)
         except asyncio.CancelledError:
-            # The client left or the daemon stops: the request still leaves its audit row.
+            # The client left or the daemon stops: the request still leaves its audit row
+            # (with the session the handler reached, from call.facts).
             finished = Finished(call, spec, arrived, started, "CANCELLED", {})
-            self._runtime.audit.record_nowait(self._audit_event(finished))
+            if self._gets_row(finished):
+                self._audit.record_nowait(self._audit_event(finished))
             raise
         except Exception as exc:
             finished, reply = self._failed(Finished(call, spec, arrived, started, None, {}), exc)
@@ -113,32 +146,23 @@ class Dispatcher:
         await self._account(finished)
         return reply
 
-    def is_long_running(self, cmd: str) -> bool:
-        spec = COMMANDS.get(cmd)
-        return spec is not None and spec.long_running
-
-    def must_finish(self, cmd: str) -> bool:
-        """Work a graceful stop waits for (chats); a log follow just ends."""
-        spec = COMMANDS.get(cmd)
-        return spec is not None and spec.cost == CHAT
-
     def _begin(self, request: Request, peer: Peer, emit: Emit) -> Call:
-        call = Call(request, new_request_id(), peer, emit)
+        call = Call(request, new_request_id(), peer, emit, AuditFacts())
         request_id_var.set(call.request_id)
         session_id_var.set(None)
         peer_uid_var.set(peer.uid)
         return call
 
     def _admit(self, call: Call) -> CommandSpec:
-        spec = COMMANDS.get(call.request.cmd)
+        spec = self._commands.get(call.request.cmd)
         if spec is None:
             raise UnknownCommand(f"unknown command {clip(call.request.cmd)!r}")
-        role = self._runtime.access.role_of(call.peer)
+        role = self._access.role_of(call.peer)
         if role < spec.role:
             raise Forbidden(
                 f"{spec.name} needs the {spec.role.name.lower()} role; uid {call.peer.uid} has {_role_name(role)}"
             )
-        state = self._runtime.lifecycle.state
+        state = self._lifecycle.state
         if state in (State.STOPPING, State.STOPPED) and not spec.when_stopping:
             raise ShuttingDown("agentd is shutting down")
         if state not in SERVING and state is not State.ERROR and not spec.when_not_ready:
@@ -146,8 +170,8 @@ class Dispatcher:
         unknown = call.args.keys() - spec.args if call.args else None
         if unknown:
             raise BadRequest(f"{spec.name} takes no argument {clip(sorted(unknown)[0])!r}")
-        if spec.cost == CHEAP:  # chat is limited by the chat pipeline, per session too
-            self._runtime.limiter.check(call.peer.uid, None, CHEAP)
+        if spec.rate is Rate.CHEAP:  # chat is limited by the chat pipeline, per session too
+            self._limiter.check(call.peer.uid, None, CHEAP)
         return spec
 
     def _failed(self, unfinished: Finished, exc: Exception) -> tuple[Finished, dict[str, Any]]:
@@ -185,34 +209,35 @@ class Dispatcher:
             request_id=finished.call.request_id,
         )
 
-    def _record_metrics(self, finished: Finished, event: AuditEvent) -> None:
-        spec = finished.spec
-        self._runtime.metrics.record_request(
+    def _record_metrics(self, finished: Finished, latency_s: float) -> None:
+        spec, facts = finished.spec, finished.call.facts
+        self._metrics.record_request(
             spec.name if spec is not None else "unknown",
             finished.code,
-            event.latency_s,
-            model=event.model,
-            tokens_in=event.tokens_in,
-            tokens_out=event.tokens_out,
+            latency_s,
+            model=facts.model,
+            tokens_in=facts.tokens_in,
+            tokens_out=facts.tokens_out,
         )
 
     def _account_nowait(self, finished: Finished) -> None:
         """Metrics and the audit row, queued (answer_now checked there is room)."""
-        event = self._audit_event(finished)
-        self._record_metrics(finished, event)
-        if finished.code is None or self._audited_alone(finished.code, finished.call.peer):
-            self._runtime.audit.record_nowait(event)
+        latency_s = time.monotonic() - finished.started
+        self._record_metrics(finished, latency_s)
+        if self._gets_row(finished):
+            self._audit.record_nowait(self._audit_event(finished, latency_s))
 
     async def _account(self, finished: Finished) -> None:
         """Metrics and the audit row; an answered chat's row is committed before the reply."""
-        event = self._audit_event(finished)
-        self._record_metrics(finished, event)
-        if finished.code is not None and not self._audited_alone(finished.code, finished.call.peer):
-            return  # counted into the peer's aggregate row of refusals
+        latency_s = time.monotonic() - finished.started
+        self._record_metrics(finished, latency_s)
+        if not self._gets_row(finished):
+            return
+        event = self._audit_event(finished, latency_s)
         spec = finished.spec
-        if spec is not None and spec.cost == CHAT and finished.code is None:
+        if spec is not None and spec.drained and finished.code is None:
             try:
-                await self._runtime.audit.record_now(event)
+                await self._audit.record_now(event)
                 return
             except StoreError as exc:
                 logger.error(
@@ -220,36 +245,38 @@ class Dispatcher:
                     finished.call.request_id,
                     exc,
                 )
-        await self._runtime.audit.record(event)
+        await self._audit.record(event)
 
-    def _audited_alone(self, code: str, peer: Peer) -> bool:
-        """Does a request failed with `code` get an audit row of its own? A refusal past
-        the peer's budget for the interval does not: it counts toward the aggregate row."""
-        return code not in REFUSALS or self._refusals.audit_alone(peer.uid, peer.pid, code)
+    def _gets_row(self, finished: Finished) -> bool:
+        """Does the request leave an audit row of its own? A refusal does, up to the
+        peer's budget (past it, it counts toward the peer's aggregate row); anything
+        else when [audit] sets its command's class to metadata (else it is counted)."""
+        code, peer = finished.code, finished.call.peer
+        if code in REFUSALS:
+            return self._refusals.audit_alone(peer.uid, peer.pid, code)
+        name = finished.call.request.cmd
+        if name in self._audited:
+            return True
+        self._metrics.count_unaudited(name, peer.uid)
+        return False
 
-    def _audit_event(self, finished: Finished) -> AuditEvent:
-        call, spec = finished.call, finished.spec
-        event = AuditEvent(
+    def _audit_event(self, finished: Finished, latency_s: float | None = None) -> AuditEvent:
+        call, facts = finished.call, finished.call.facts
+        if latency_s is None:
+            latency_s = time.monotonic() - finished.started
+        return AuditEvent(
             at=finished.arrived,
             request_id=call.request_id,
             peer_uid=call.peer.uid,
             peer_pid=call.peer.pid,
             command=call.request.cmd,
-            session_id=session_id_var.get(),
+            session_id=facts.session_id,
             error_code=finished.code,
-            latency_s=time.monotonic() - finished.started,
-            owner_uid=owner_uid_var.get(),
-        )
-        if spec is None or spec.cost != CHAT:
-            return event
-        result = finished.result
-        session, model = event.session_id or result.get("session_id"), result.get("model")
-        tokens_in, tokens_out = result.get("tokens_in"), result.get("tokens_out")
-        return event._replace(
-            session_id=session if isinstance(session, str) else None,
-            model=model if isinstance(model, str) else None,
-            tokens_in=tokens_in if isinstance(tokens_in, int) else 0,
-            tokens_out=tokens_out if isinstance(tokens_out, int) else 0,
+            latency_s=latency_s,
+            model=facts.model,
+            tokens_in=facts.tokens_in,
+            tokens_out=facts.tokens_out,
+            owner_uid=facts.owner_uid,
         )
 
     def _log_outcome(self, finished: Finished) -> None:

@@ -3,13 +3,13 @@
 A session belongs to the uid that created it. A chat-role peer sees only its
 own: another user's session is not found (NOT_FOUND, as if it did not exist).
 Admins may name any session by id; when they touch another user's data,
-`note_owner` records whose it was, and dispatch puts that uid in the request's
-audit row (`owner_uid`; ALL_USERS for a listing of everyone's sessions).
+the handler records whose it was (`call.facts.owner`), and dispatch puts that
+uid in the request's audit row (`owner_uid`; ALL_USERS for a listing of
+everyone's sessions).
 """
 
 from __future__ import annotations
 
-import contextvars
 from typing import Final
 
 from agentd.access import Peer, Role
@@ -19,22 +19,10 @@ from agentd.store.sessions import Owner, current_key
 
 ALL_USERS: Final = -1  # the audit subject of a request that touched every user's data
 
-# Set by a handler in its own task (each waiting request runs in one), read by
-# dispatch when it writes the audit row: None means the peer's own data only.
-owner_uid_var: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "owner_uid", default=None
-)
-
 
 def owner_for(peer: Peer, role: Role) -> Owner:
     """How `peer` looks sessions up: its own, or (admins) any by id."""
     return Owner(peer.uid, any_by_id=role >= Role.ADMIN)
-
-
-def note_owner(peer: Peer, owner_uid: int) -> None:
-    """The request touched `owner_uid`'s data: audit it when that is not the peer."""
-    if owner_uid != peer.uid:
-        owner_uid_var.set(owner_uid)
 
 
 class CurrentSessions:

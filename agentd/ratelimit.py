@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Final
 
+from agentd.constraints import bounded
 from agentd.errors import RateLimited
 from agentd.limits import Budget, Clock, RateLimiter, RateLimiterStatistics, Throttle
 
@@ -34,42 +35,19 @@ class LimitSettings:
 
     enabled: bool = True
     # Every command but chat, per peer uid.
-    cheap_rate: float = 5000.0
-    cheap_burst: float = 10000.0
+    cheap_rate: float = bounded(5000.0, gt=0)
+    cheap_burst: float = bounded(10000.0, gt=0, ge=1)
     # Chat, per peer uid, and per (uid, session).
-    chat_rate: float = 2.0
-    chat_burst: float = 30.0
-    session_rate: float = 1.0
-    session_burst: float = 20.0
+    chat_rate: float = bounded(2.0, gt=0)
+    chat_burst: float = bounded(30.0, gt=0, ge=1)
+    session_rate: float = bounded(1.0, gt=0)
+    session_burst: float = bounded(20.0, gt=0, ge=1)
     # At most one warning about refused requests per this many seconds.
-    log_interval_s: float = 10.0
+    log_interval_s: float = bounded(10.0, ge=0)
     # Refusals (unknown command, FORBIDDEN, RATE_LIMITED...) audited one by one per peer
     # uid and interval; the rest are counted in one row per peer and interval (refusals.py).
-    refusals_audited_each: int = 20
-    refusal_interval_s: float = 60.0
-
-    def problems(self) -> list[tuple[str, str]]:
-        positive = (
-            "cheap_rate",
-            "cheap_burst",
-            "chat_rate",
-            "chat_burst",
-            "session_rate",
-            "session_burst",
-        )
-        out = [(name, "must be greater than 0") for name in positive if getattr(self, name) <= 0]
-        out += [
-            (name, "must be at least 1")
-            for name in positive
-            if name.endswith("_burst") and 0 < getattr(self, name) < 1
-        ]
-        if self.log_interval_s < 0:
-            out.append(("log_interval_s", "must not be negative"))
-        if self.refusals_audited_each < 0:
-            out.append(("refusals_audited_each", "must not be negative"))
-        if self.refusal_interval_s <= 0:
-            out.append(("refusal_interval_s", "must be greater than 0"))
-        return out
+    refusals_audited_each: int = bounded(20, ge=0)
+    refusal_interval_s: float = bounded(60.0, gt=0)
 
 
 class RequestLimiter:

@@ -1,4 +1,8 @@
-"""What command handlers work with: the daemon's running components, wired once."""
+"""What command handlers work with: the daemon's running components, wired once.
+
+Only handlers receive it (dispatch passes it through without reading it);
+every other component is given the few collaborators it uses.
+"""
 
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from agentd.store.database import Database
 from agentd.telemetry.alerts import AlertBoard
 from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard
-from agentd.telemetry.instruments import Instruments
+from agentd.telemetry.instruments import Instruments, Readings
 from agentd.telemetry.logs import LogSinks
 
 
@@ -66,6 +70,16 @@ class Runtime:
             "started_at": self.started_wall,
             "socket": str(self.paths.socket),
         }
+
+    def readings(self) -> Readings:
+        """What `Instruments.refresh()` reads from the other components."""
+        return Readings(
+            lifecycle=self.lifecycle.statistics(),
+            provider=self.provider.statistics(),
+            admission=self.chat.queue.statistics(),
+            audit=self.audit.statistics(),
+            store_size_bytes=self.store_size_bytes(),
+        )
 
     @cached_property
     def store_path(self) -> str:

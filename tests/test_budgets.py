@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from agentd.constraints import problems
 from agentd.errors import BudgetExceeded
 from agentd.governance.budgets import BudgetLedger, Usage, utc_day
 from agentd.governance.settings import BudgetSettings
@@ -119,10 +120,10 @@ def test_an_admin_report_lists_every_uid_with_usage_today() -> None:
 
 
 def test_negative_caps_and_a_bad_warning_share_are_config_problems() -> None:
-    assert BudgetSettings(uid_tokens_per_day=-1).problems() == [
+    assert problems(BudgetSettings(uid_tokens_per_day=-1)) == [
         ("uid_tokens_per_day", "must not be negative")
     ]
-    assert BudgetSettings(warn_ratio=0).problems() == [("warn_ratio", "must be in (0, 1]")]
+    assert problems(BudgetSettings(warn_ratio=0)) == [("warn_ratio", "must be in (0, 1]")]
 
 
 # -- real chats -----------------------------------------------------------------------------------
@@ -267,7 +268,9 @@ def test_concurrent_charges_are_all_committed_even_when_a_waiter_is_cancelled(
             )
             for n in range(40)
         ]
-        await asyncio.sleep(0)  # one loop turn: each task runs to its first await (charged, waiting)
+        await asyncio.sleep(
+            0
+        )  # one loop turn: each task runs to its first await (charged, waiting)
         charges[7].cancel()
         results = await asyncio.gather(*charges, return_exceptions=True)
         assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -179,3 +180,26 @@ def test_check_config_says_where_the_profile_came_from(tmp_path: Path) -> None:
     )
     env["AGENTD_ENV"] = "staging"
     assert "# profile: staging (AGENTD_ENV)" in check_config(env).stdout.decode().splitlines()
+
+
+def test_an_audit_level_outside_none_and_metadata_is_refused(tmp_path: Path) -> None:
+    env = clean_environ(tmp_path)
+    env["AGENTD_AUDIT__PROBE"] = "verbose"
+    result = check_config(env)
+    assert result.returncode == 78
+    assert result.stderr.decode().splitlines() == [
+        "agentd: environment AGENTD_AUDIT__PROBE: audit.probe must be one of none, metadata, "
+        "got 'verbose'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("AGENTD_AUDIT__RETENTION_DAYS", "-1", "audit.retention_days must not be negative"),
+        ("AGENTD_DAEMON__SHUTDOWN_GRACE_S", "-1", "daemon.shutdown_grace_s must not be negative"),
+    ],
+)
+def test_a_declared_constraint_names_the_key(key: str, value: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        load_config({key: value})

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agentctl.since import parse_since
 from agentd.commands.logs import parse_query
+from agentd.constraints import problems
 from agentd.errors import BadRequest, RateLimited
 from agentd.lifecycle import LifecycleStatistics, State
 from agentd.limits import AdmissionStatistics
@@ -294,18 +295,18 @@ def test_prices_parse_and_a_bad_entry_is_named() -> None:
         "a": (0.3, 2.5),
         "b": (1.0, 2.0),
     }
-    assert PricingSettings(models=("a=0.30",)).problems() == [
+    assert problems(PricingSettings(models=("a=0.30",))) == [
         ("models", "entry 'a=0.30' is not 'model=input/output' (USD per million tokens)")
     ]
 
 
 def test_health_thresholds_must_make_sense() -> None:
-    problems = dict(
-        HealthSettings(
-            loop_lag_degraded_s=1.0, loop_lag_failed_s=0.5, alert_error_ratio=2
-        ).problems()
+    found = dict(
+        problems(
+            HealthSettings(loop_lag_degraded_s=1.0, loop_lag_failed_s=0.5, alert_error_ratio=2)
+        )
     )
-    assert set(problems) == {"loop_lag_failed_s", "alert_error_ratio"}
+    assert set(found) == {"loop_lag_failed_s", "alert_error_ratio"}
 
 
 def test_since_takes_a_duration_or_a_timestamp() -> None:

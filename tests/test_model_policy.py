@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from agentd.access import Role
+from agentd.constraints import problems
 from agentd.errors import Forbidden
 from agentd.governance.policy import check_model, max_output_tokens
 from agentd.governance.settings import ModelPolicySettings
@@ -45,7 +46,7 @@ def test_the_output_cap_is_the_lower_of_the_roles_and_the_configured_one() -> No
 
 
 def test_negative_caps_are_config_problems() -> None:
-    assert ModelPolicySettings(chat_max_output_tokens=-1).problems() == [
+    assert problems(ModelPolicySettings(chat_max_output_tokens=-1)) == [
         ("chat_max_output_tokens", "must not be negative")
     ]
 

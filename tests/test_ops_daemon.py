@@ -45,6 +45,13 @@ def ping_many(d: DaemonProcess, count: int) -> None:
             client.call("ping")
 
 
+def list_sessions_many(d: DaemonProcess, count: int) -> None:
+    """Requests that leave an audit row each (a probe such as ping does not)."""
+    with Client(d.socket) as client:
+        for _ in range(count):
+            client.call("sessions")
+
+
 # -- metrics
 
 
@@ -135,7 +142,7 @@ def test_lifetime_counters_survive_a_restart_while_rates_start_over(
 
 def request_ids(d: DaemonProcess) -> list[str]:
     """One ok, one unknown command, one bad argument: their request ids, from the replies."""
-    ids = [d.call("ping")["request_id"]]
+    ids = [d.call("sessions")["request_id"]]
     for cmd, args in (("no_such_command", {}), ("status", {"bogus": 1})):
         with pytest.raises(DaemonError) as info:
             d.call(cmd, args)
@@ -146,20 +153,61 @@ def request_ids(d: DaemonProcess) -> list[str]:
 def test_every_request_leaves_an_audit_row_with_its_peer(daemon: DaemonProcess) -> None:
     ids = request_ids(daemon)
     rows = {r["request_id"]: r for r in agentctl_json(daemon, "audit", "-n", "100")}
-    ping, unknown, bad = (rows[i] for i in ids)
-    assert (ping["command"], ping["outcome"], ping["error_code"]) == ("ping", "ok", None)
+    listing, unknown, bad = (rows[i] for i in ids)
+    assert (listing["command"], listing["outcome"], listing["error_code"]) == (
+        "sessions",
+        "ok",
+        None,
+    )
     assert (unknown["command"], unknown["error_code"]) == ("no_such_command", "UNKNOWN_COMMAND")
     assert (bad["command"], bad["error_code"]) == ("status", "BAD_REQUEST")
-    assert ping["peer_uid"] == 0 and ping["peer_pid"] > 0
-    assert ping["ts"].endswith("Z") and isinstance(ping["latency_ms"], int)
+    assert listing["peer_uid"] == 0 and listing["peer_pid"] > 0
+    assert listing["ts"].endswith("Z") and isinstance(listing["latency_ms"], int)
+
+
+def unaudited_counts(d: DaemonProcess) -> dict[tuple[str, str], float]:
+    """requests_unaudited_total by (command, uid), from the JSON metrics."""
+    series = d.call("metrics")["metrics"]["requests_unaudited_total"]["samples"]
+    return {(s["labels"]["command"], s["labels"]["uid"]): s["value"] for s in series}
+
+
+def test_probes_leave_no_audit_row_but_are_counted_per_command_and_uid(
+    daemon: DaemonProcess,
+) -> None:
+    before = unaudited_counts(daemon)
+    probes = [daemon.call(cmd)["request_id"] for cmd in ("ping", "status", "status", "health")]
+    rows = {r["request_id"] for r in agentctl_json(daemon, "audit", "-n", "1000")}
+    assert rows.isdisjoint(probes)
+    after = unaudited_counts(daemon)
+    added = {k[0]: v - before.get(k, 0) for k, v in after.items() if k[1] == "0"}
+    assert (added["ping"], added["status"], added["health"], added["metrics"]) == (1, 2, 1, 1)
+
+
+def test_audit_probe_metadata_audits_each_probe(make_daemon: Callable[..., DaemonProcess]) -> None:
+    d = make_daemon({"AGENTD_AUDIT__PROBE": "metadata"}).start()
+    probe = d.call("status")["request_id"]
+    rows = {r["request_id"]: r for r in agentctl_json(d, "audit", "-n", "100")}
+    assert rows[probe]["command"] == "status"
+
+
+def test_audit_read_none_still_audits_a_refused_read(
+    make_daemon: Callable[..., DaemonProcess],
+) -> None:
+    d = make_daemon({"AGENTD_AUDIT__READ": "none"}).start()
+    listing = d.call("sessions")["request_id"]
+    with pytest.raises(DaemonError) as info:
+        d.call("sessions", {"bogus": 1})
+    rows = {r["request_id"] for r in d.call("audit", {"limit": 100})["rows"]}
+    assert listing not in rows and info.value.details["request_id"] in rows
+    assert unaudited_counts(d)[("sessions", "0")] == 1
 
 
 def test_audit_filters_by_command_and_outcome(daemon: DaemonProcess) -> None:
     request_ids(daemon)
     errors = agentctl_json(daemon, "audit", "--outcome", "error")
     assert {r["error_code"] for r in errors} == {"UNKNOWN_COMMAND", "BAD_REQUEST"}
-    pings = agentctl_json(daemon, "audit", "--command", "ping")
-    assert [r["command"] for r in pings] == ["ping"]
+    listings = agentctl_json(daemon, "audit", "--command", "sessions")
+    assert [r["command"] for r in listings] == ["sessions"]
 
 
 def tamper(d: DaemonProcess, sql: str) -> None:
@@ -186,7 +234,7 @@ def test_audit_verify_names_the_first_broken_row(
 ) -> None:
     """1. The trail verifies (exit 0). 2. Stop; change row 4 behind the daemon's back.
     3. Start; verify exits 1 and names seq 4."""
-    ping_many(daemon, 8)
+    list_sessions_many(daemon, 8)
     intact = daemon.agentctl("audit", "verify")
     assert intact.returncode == 0, intact.stdout
     assert b"intact" in intact.stdout

@@ -129,7 +129,7 @@ def test_a_full_filesystem_fails_health_and_recovers_when_space_returns(
 def flood_audit(d: DaemonProcess, count: int) -> None:
     with Client(d.socket) as client:
         for n in range(count):
-            client._send(make_request(n, "ping"))  # pipelined: a thousand rows in a moment
+            client._send(make_request(n, "sessions"))  # pipelined: a row each, many in a moment
         for _ in range(count):
             client._receive()
 

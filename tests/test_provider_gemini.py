@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from agentd.constraints import problems
 from agentd.providers.base import Answer, GenerationRequest, Turn
 from agentd.providers.errors import (
     AuthError,
@@ -94,10 +95,10 @@ def run_python(code: str) -> str:
 
 
 def test_default_settings_are_valid_and_bad_ones_are_named() -> None:
-    assert ProviderSettings().problems() == []
+    assert problems(ProviderSettings()) == []
     bad = ProviderSettings(attempt_timeout_s=0, max_attempts=0, temperature=3.0, model=" ")
 
-    assert [name for name, _ in bad.problems()] == [
+    assert [name for name, _ in problems(bad)] == [
         "model", "attempt_timeout_s", "max_attempts", "temperature"]
 
 

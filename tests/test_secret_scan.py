@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agentd.constraints import problems
 from agentd.governance.scan import Scanner, describe, judge, redact
 from agentd.governance.settings import CLASSES, ScanSettings
 from tests.conftest import DaemonProcess, gemini_env
@@ -97,11 +98,11 @@ def test_description_names_kinds_and_lines_never_values() -> None:
 
 
 def test_unknown_actions_and_classes_are_config_problems() -> None:
-    assert ScanSettings(jwt="drop").problems() == [
+    assert problems(ScanSettings(jwt="drop")) == [
         ("jwt", "must be one of refuse, redact, allow, got 'drop'")
     ]
-    assert ScanSettings(overridable=("nope",)).problems()[0][0] == "overridable"
-    assert ScanSettings().problems() == []
+    assert problems(ScanSettings(overridable=("nope",)))[0][0] == "overridable"
+    assert problems(ScanSettings()) == []
 
 
 # -- end to end: agentctl, the daemon, the fake Gemini ------------------------------------------

@@ -8,13 +8,16 @@ from typing import Any, Final
 
 from agentd.access import Role
 from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import epoch_or_none, optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
 from agentd.governance.store import findings_for
 from agentd.runtime import Runtime
 from agentd.store import audit, messages, sessions
 from agentd.store.database import Connection
+
+SPECS = CommandSet()
+command = SPECS.command
 
 MAX_ROWS: Final = 10_000
 FLUSH_TIMEOUT_S: Final = 5.0
@@ -24,6 +27,7 @@ FLUSH_TIMEOUT_S: Final = 5.0
     "audit",
     role=Role.ADMIN,
     args=("limit", "command", "outcome", "session", "request_id", "since"),
+    audit=Audit.READ,
     when_not_ready=True,
 )
 async def audit_list(runtime: Runtime, call: Call) -> dict[str, Any]:
@@ -74,7 +78,7 @@ async def _query(runtime: Runtime, args: dict[str, Any], uid: int) -> audit.Audi
     )
 
 
-@command("audit_verify", role=Role.ADMIN, when_not_ready=True)
+@command("audit_verify", role=Role.ADMIN, audit=Audit.ADMIN, when_not_ready=True)
 async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Check the whole chain and the anchor file; names the first broken row or the gap."""
     await _flush(runtime)

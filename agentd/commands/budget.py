@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from agentd.access import Role
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.runtime import Runtime
 
+SPECS = CommandSet()
+command = SPECS.command
 
-@command("budget", role=Role.READ)
+
+@command("budget", role=Role.READ, audit=Audit.READ)
 async def budget(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Admins see every uid with usage today; anyone else their own uid. Both see the
     global budgets, since those refuse their chats too."""

@@ -12,16 +12,19 @@ from typing import Any, Final
 
 from agentd.access import Role, resolve_uid
 from agentd.chat import validate_session_name, validate_system_prompt
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import optional, optional_or_none, required
 from agentd.errors import BadRequest, Forbidden, NotFound
 from agentd.governance.gate import Ask
-from agentd.ownership import ALL_USERS, note_owner, owner_for
+from agentd.ownership import ALL_USERS, owner_for
 from agentd.providers.base import Wait
 from agentd.runtime import Runtime
 from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
+
+SPECS = CommandSet()
+command = SPECS.command
 
 MAX_LIST: Final = 10_000
 LISTED_BYTES: Final = 300  # a listed session but its name, packed, with room to spare
@@ -48,7 +51,8 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
     stream = optional(call.args, "stream", bool, False)
     ask = _ask(runtime, call)
     session = await _session_for_chat(runtime, call)
-    session_id_var.set(session.id)
+    session_id_var.set(session.id)  # the chat's log lines name it
+    call.facts.session_id = session.id
 
     async def send_chunk(text: str) -> None:
         await call.emit("chunk", {"text": text})
@@ -66,6 +70,7 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         on_wait=send_wait,
         ask=ask,
     )
+    call.facts.charged(reply.model, reply.tokens_in, reply.tokens_out)
     return reply.as_dict()
 
 
@@ -99,7 +104,7 @@ async def _current_or_new(runtime: Runtime, call: Call) -> Session:
         owner = owner_for(call.peer, runtime.access.role_of(call.peer))
         session = await runtime.db.run(sessions.find, current, owner)
         if session is not None:
-            note_owner(call.peer, session.owner_uid)
+            call.facts.owner(call.peer, session.owner_uid)
             return session
     return await _new_session(runtime, call, None, None)
 
@@ -139,7 +144,7 @@ async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
     session = await runtime.db.run(sessions.find, ref, owner)
     if session is None:
         raise NotFound(f"no session {ref!r}; `agentctl sessions` lists them")
-    note_owner(call.peer, session.owner_uid)
+    call.facts.owner(call.peer, session.owner_uid)
     return session
 
 
@@ -150,7 +155,7 @@ async def find_or_current(runtime: Runtime, call: Call) -> Session:
     return await _find(runtime, call, ref)
 
 
-@command("sessions", role=Role.CHAT, args=("limit", "all", "user"))
+@command("sessions", role=Role.CHAT, audit=Audit.READ, args=("limit", "all", "user"))
 async def list_sessions(runtime: Runtime, call: Call) -> dict[str, Any]:
     """The peer's own sessions; admins may ask for everyone's (all) or one user's (user).
     As many as fit in half a frame; `omitted` counts the older ones left out."""
@@ -187,7 +192,7 @@ def _listed_owner(runtime: Runtime, call: Call) -> int | None:
         return uid
     if runtime.access.role_of(call.peer) < Role.ADMIN:
         raise Forbidden("listing other users' sessions needs the admin role")
-    note_owner(call.peer, ALL_USERS if everyone else uid)
+    call.facts.owner(call.peer, ALL_USERS if everyone else uid)
     return None if everyone else uid
 
 
@@ -198,7 +203,7 @@ def _uid_of(user: str) -> int:
         raise BadRequest(str(exc)) from None
 
 
-@command("session_new", role=Role.CHAT, args=("name", "system_prompt"))
+@command("session_new", role=Role.CHAT, audit=Audit.CHANGE, args=("name", "system_prompt"))
 async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _new_session(
         runtime,
@@ -209,14 +214,14 @@ async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
     return {"session": session.as_dict()}
 
 
-@command("session_use", role=Role.CHAT, args=("session",))
+@command("session_use", role=Role.CHAT, audit=Audit.CHANGE, args=("session",))
 async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await _find(runtime, call, required(call.args, "session", str))
     await runtime.current.set(call.peer.uid, session.id)
     return {"session": session.as_dict()}
 
 
-@command("session_rename", role=Role.CHAT, args=("session", "name"))
+@command("session_rename", role=Role.CHAT, audit=Audit.CHANGE, args=("session", "name"))
 async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Name one of the peer's sessions (admins: anyone's); no name removes it."""
     session = await _find(runtime, call, required(call.args, "session", str))
@@ -228,7 +233,7 @@ async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
     return {"session": renamed.as_dict()}
 
 
-@command("session_prompt", role=Role.CHAT, args=("session", "system_prompt"))
+@command("session_prompt", role=Role.CHAT, audit=Audit.CHANGE, args=("session", "system_prompt"))
 async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Set or (none given) remove the system prompt of one of the peer's sessions."""
     session = await _find(runtime, call, required(call.args, "session", str))
@@ -239,11 +244,11 @@ async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
     return {"session": changed.as_dict()}
 
 
-@command("session_delete", role=Role.CHAT, args=("session",))
+@command("session_delete", role=Role.CHAT, audit=Audit.CHANGE, args=("session",))
 async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Delete one of the peer's sessions (admins: anyone's) with its messages."""
     session = await _find(runtime, call, required(call.args, "session", str))
-    session_id_var.set(session.id)
+    call.facts.session_id = session.id
     was_current = runtime.current.get(call.peer.uid) == session.id
     await runtime.db.run(sessions.delete, session)
     await runtime.current.forget_session(session.id)

@@ -6,19 +6,21 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from agentd.access import Role
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import optional
 from agentd.commands.chat import MAX_LIST, find_or_current
 from agentd.runtime import Runtime
 from agentd.store import messages
 from agentd.store.messages import StoredTurn
-from agentd.telemetry.logs import session_id_var
+
+SPECS = CommandSet()
+command = SPECS.command
 
 MIN_PIECE_BYTES: Final = 4096
 MESSAGE_BYTES: Final = 300  # a message but its text, packed, with room to spare
 
 
-@command("history", role=Role.CHAT, args=("session", "limit", "stream"))
+@command("history", role=Role.CHAT, audit=Audit.READ, args=("session", "limit", "stream"))
 async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
     """A session's latest messages, oldest first.
 
@@ -30,7 +32,7 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
     cut (`truncated`).
     """
     session = await find_or_current(runtime, call)
-    session_id_var.set(session.id)
+    call.facts.session_id = session.id
     limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
     ids = await runtime.db.run(messages.history_ids, session.id, limit)
     budget = max(MIN_PIECE_BYTES, runtime.config.daemon.max_frame_bytes // 2)

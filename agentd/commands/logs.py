@@ -15,12 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentd.access import Role
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import optional, optional_or_none
 from agentd.errors import BadRequest
 from agentd.lifecycle import State
 from agentd.runtime import Runtime
 from agentd.telemetry.logs import LogEntry, matches, select
+
+SPECS = CommandSet()
+command = SPECS.command
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,7 @@ def _level(name: str) -> int:
     "logs",
     role=Role.READ,
     args=("lines", "level", "since", "request_id", "follow"),
+    audit=Audit.READ,
     when_stopping=True,
     when_not_ready=True,
     long_running=True,

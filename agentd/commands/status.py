@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from agentd.access import Role
-from agentd.commands import Call, command
+from agentd.commands import Audit, Call, CommandSet
 from agentd.lifecycle import SERVING
 from agentd.runtime import Runtime
 
+SPECS = CommandSet()
+command = SPECS.command
 
-@command("ping", role=Role.READ, when_stopping=True, when_not_ready=True)
+
+@command("ping", role=Role.READ, audit=Audit.PROBE, when_stopping=True, when_not_ready=True)
 def ping(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Also the daemon's size limits: agentctl checks a large prompt before sending it."""
     config = runtime.config
@@ -24,7 +27,7 @@ def ping(runtime: Runtime, call: Call) -> dict[str, Any]:
     }
 
 
-@command("status", role=Role.READ, when_stopping=True, when_not_ready=True)
+@command("status", role=Role.READ, audit=Audit.PROBE, when_stopping=True, when_not_ready=True)
 def status(runtime: Runtime, call: Call) -> dict[str, Any]:
     lifecycle = runtime.lifecycle
     state = lifecycle.state

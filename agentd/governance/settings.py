@@ -1,13 +1,15 @@
 """The `[secrets_scan]`, `[budgets]` and `[model_policy]` config sections: frozen, stdlib only.
 
-Like the other sections, each lists its own invalid values in `problems()`;
-the config loader turns the first into an error naming the key and its origin.
+Like the other sections, each declares its constraints on its fields
+(agentd/constraints.py); the config loader checks them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Final
+
+from agentd.constraints import bounded
 
 ACTIONS: Final = ("refuse", "redact", "allow")
 
@@ -32,58 +34,37 @@ class ScanSettings:
     """What happens to a prompt that carries a credential: refuse, redact or allow, per class."""
 
     enabled: bool = True
-    private_key: str = "refuse"
-    cloud_key: str = "refuse"
-    service_token: str = "redact"
-    url_password: str = "redact"
-    env_secret: str = "redact"
-    jwt: str = "redact"
+    private_key: str = bounded("refuse", one_of=ACTIONS)
+    cloud_key: str = bounded("refuse", one_of=ACTIONS)
+    service_token: str = bounded("redact", one_of=ACTIONS)
+    url_password: str = bounded("redact", one_of=ACTIONS)
+    env_secret: str = bounded("redact", one_of=ACTIONS)
+    jwt: str = bounded("redact", one_of=ACTIONS)
     # Personal data: off (allow) unless an operator turns it on.
-    email: str = "allow"
-    phone: str = "allow"
-    card_number: str = "allow"
-    iban: str = "allow"
+    email: str = bounded("allow", one_of=ACTIONS)
+    phone: str = bounded("allow", one_of=ACTIONS)
+    card_number: str = bounded("allow", one_of=ACTIONS)
+    iban: str = bounded("allow", one_of=ACTIONS)
     # Classes `chat --allow-secrets` may let through for one message: all but
     # private_key and cloud_key.
-    overridable: tuple[str, ...] = CLASSES[2:]
+    overridable: tuple[str, ...] = bounded(CLASSES[2:], check=lambda names: _unknown_class(names))
 
     def action(self, cls: str) -> str:
         action: str = getattr(self, cls)
         return action
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = [
-            (cls, f"must be one of {', '.join(ACTIONS)}, got {self.action(cls)!r}")
-            for cls in CLASSES
-            if self.action(cls) not in ACTIONS
-        ]
-        unknown = [c for c in self.overridable if c not in CLASSES]
-        if unknown:
-            out.append(
-                ("overridable", f"names no class {unknown[0]!r} (one of {', '.join(CLASSES)})")
-            )
-        return out
 
 
 @dataclass(frozen=True)
 class BudgetSettings:
     """Daily caps per UTC day; 0 = no cap. Costs are estimates from [pricing]."""
 
-    uid_tokens_per_day: int = 0
-    uid_cost_usd_per_day: float = 0.0
-    global_tokens_per_day: int = 0
-    global_cost_usd_per_day: float = 0.0
-    warn_ratio: float = 0.8  # a warning rides on the answer from this share of a cap on
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = [
-            (f.name, "must not be negative")
-            for f in fields(self)
-            if f.name != "warn_ratio" and getattr(self, f.name) < 0
-        ]
-        if not 0 < self.warn_ratio <= 1:
-            out.append(("warn_ratio", "must be in (0, 1]"))
-        return out
+    uid_tokens_per_day: int = bounded(0, ge=0)
+    uid_cost_usd_per_day: float = bounded(0.0, ge=0)
+    global_tokens_per_day: int = bounded(0, ge=0)
+    global_cost_usd_per_day: float = bounded(0.0, ge=0)
+    warn_ratio: float = bounded(
+        0.8, gt=0, le=1
+    )  # a warning rides on the answer from this share of a cap on
 
 
 @dataclass(frozen=True)
@@ -96,12 +77,12 @@ class ModelPolicySettings:
 
     chat_models: tuple[str, ...] = ()
     admin_models: tuple[str, ...] = ("*",)
-    chat_max_output_tokens: int = 0
-    admin_max_output_tokens: int = 0
+    chat_max_output_tokens: int = bounded(0, ge=0)
+    admin_max_output_tokens: int = bounded(0, ge=0)
 
-    def problems(self) -> list[tuple[str, str]]:
-        return [
-            (name, "must not be negative")
-            for name in ("chat_max_output_tokens", "admin_max_output_tokens")
-            if getattr(self, name) < 0
-        ]
+
+def _unknown_class(names: tuple[str, ...]) -> str | None:
+    unknown = [name for name in names if name not in CLASSES]
+    if unknown:
+        return f"names no class {unknown[0]!r} (one of {', '.join(CLASSES)})"
+    return None

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentd.constraints import bounded
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are agentd, an assistant for Linux operators. Answer precisely and "
     "concisely. Prefer plain text; use short code blocks for commands. Say so "
@@ -23,7 +25,7 @@ class ProviderSettings:
 
     # Models. `fallback_model` is tried when the primary keeps failing;
     # "" (or the primary's own name) means no fallback.
-    model: str = "gemini-flash-latest"
+    model: str = bounded("gemini-flash-latest", nonblank=True)
     fallback_model: str = "gemini-flash-lite-latest"
 
     # Endpoint. None keeps the SDK's defaults (the public Gemini API and its
@@ -34,64 +36,27 @@ class ProviderSettings:
     # Time. One attempt may take `attempt_timeout_s` (for a stream: the longest
     # silence between two chunks); a whole answer, retries and fallback
     # included, never takes longer than `deadline_s`.
-    attempt_timeout_s: float = 30.0
-    deadline_s: float = 90.0
+    attempt_timeout_s: float = bounded(30.0, gt=0)
+    deadline_s: float = bounded(90.0, gt=0)
 
     # Retries of transient failures (408, 429, 5xx, network, timeouts), per
     # model: exponential backoff with full jitter, base * 2**n capped at max.
-    max_attempts: int = 3
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 8.0
+    max_attempts: int = bounded(3, ge=1)
+    backoff_base_s: float = bounded(0.5, ge=0)
+    backoff_max_s: float = bounded(8.0, at_least="backoff_base_s")
 
     # Circuit breaker: open after this many consecutive failed attempts, then
     # let one trial call through after the cool-down.
-    breaker_failure_threshold: int = 5
-    breaker_cooldown_s: float = 30.0
+    breaker_failure_threshold: int = bounded(5, ge=1)
+    breaker_cooldown_s: float = bounded(30.0, ge=0)
 
     # Generation. None keeps the model's own default.
-    temperature: float | None = None
-    max_output_tokens: int | None = None
+    temperature: float | None = bounded(None, ge=0, le=2)
+    max_output_tokens: int | None = bounded(None, ge=1)
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
 
     # History sent with each prompt, system prompt included (estimated tokens).
-    context_token_budget: int = 8000
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, what is wrong) for every invalid value; empty when all is well.
-
-        The config loader turns these into one clear error naming the key and
-        where it came from, so this never raises.
-        """
-        checks = [
-            ("model", bool(self.model.strip()), "must not be empty"),
-            ("attempt_timeout_s", self.attempt_timeout_s > 0, "must be greater than 0"),
-            ("deadline_s", self.deadline_s > 0, "must be greater than 0"),
-            ("max_attempts", self.max_attempts >= 1, "must be at least 1"),
-            ("backoff_base_s", self.backoff_base_s >= 0, "must not be negative"),
-            (
-                "backoff_max_s",
-                self.backoff_max_s >= self.backoff_base_s,
-                "must be at least backoff_base_s",
-            ),
-            (
-                "breaker_failure_threshold",
-                self.breaker_failure_threshold >= 1,
-                "must be at least 1",
-            ),
-            ("breaker_cooldown_s", self.breaker_cooldown_s >= 0, "must not be negative"),
-            (
-                "temperature",
-                self.temperature is None or 0 <= self.temperature <= 2,
-                "must be between 0 and 2",
-            ),
-            (
-                "max_output_tokens",
-                self.max_output_tokens is None or self.max_output_tokens >= 1,
-                "must be at least 1",
-            ),
-            ("context_token_budget", self.context_token_budget >= 1, "must be at least 1"),
-        ]
-        return [(name, message) for name, ok, message in checks if not ok]
+    context_token_budget: int = bounded(8000, ge=1)
 
     @property
     def fallback(self) -> str | None:

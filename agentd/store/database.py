@@ -88,13 +88,6 @@ class Database:
         self._executor.shutdown(wait=True)
         self._executor = None
 
-    def close_nowait(self) -> None:
-        """Close from outside the loop (forced exit); waits for the running statement."""
-        if self._executor is not None:
-            self._executor.submit(self._close).result()
-            self._executor.shutdown(wait=True)
-            self._executor = None
-
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on the store thread; sqlcipher3 errors become StoreError."""
         return await self._submit(self._call, fn, *args)

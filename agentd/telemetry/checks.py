@@ -19,10 +19,6 @@ agent in ERROR (lifecycle.component_failed); it returns to READY when they
 pass again. While the store fails, the local checks back off
 (daemon.health_interval_s doubling up to daemon.recovery_max_backoff_s).
 
-The gemini verdict, and the ERROR an open breaker implies, are decided in
-one place: agentd/telemetry/gemini.py (GeminiHealth); the checks here only
-give it occasions to reassess and key checks to weigh.
-
 Costly checks are paced. The Gemini key check is one authenticated call:
 made when `agentctl health` asks and the latest result is older than
 health.gemini_check_interval_s, and in the background at that interval
@@ -38,22 +34,28 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from agentd.errors import StoreError
+from agentd.lifecycle import Lifecycle
 from agentd.providers.breaker import BreakerState
 from agentd.providers.health import KeyStatus
 from agentd.store import state
 from agentd.store.database import SQLITE_PLAINTEXT_HEADER, Connection
 from agentd.telemetry.alerts import AlertInputs, evaluate_rules
-from agentd.telemetry.health import Level, log_change
-from agentd.telemetry.instruments import save_counters
+from agentd.telemetry.gemini import GeminiHealth
+from agentd.telemetry.health import HealthBoard, Level, log_change
+from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.metrics import Clock, process_rss_bytes
-from agentd.telemetry.settings import MIB
+from agentd.telemetry.settings import MIB, HealthSettings
 
 if TYPE_CHECKING:
-    from agentd.runtime import Runtime
+    from agentd.config import DaemonSettings
+    from agentd.paths import Paths
+    from agentd.store.database import Database
+    from agentd.telemetry.alerts import AlertBoard
 
 logger = logging.getLogger(__name__)
 
@@ -87,32 +89,57 @@ def read_encryption_facts(conn: Connection, path: Path, deep: bool) -> Encryptio
     return EncryptionFacts(row[0] if row and row[0] else None, plaintext, problems)
 
 
-def report(runtime: Runtime, component: str, level: Level, reason: str) -> None:
-    """Record a verdict; log when a component changes level; move the lifecycle for critical ones."""
-    previous = runtime.health.get(component)
-    runtime.health.report(component, level, reason)
-    if previous is None or previous.level is not level:
-        log_change(component, level, reason, first=previous is None)
-    if component not in CRITICAL:
-        return
-    if level is Level.FAILED:
-        runtime.lifecycle.component_failed(component, reason)
-    else:
-        runtime.lifecycle.component_recovered(component)
+class Verdicts:
+    """Where component verdicts go: the health board, and the lifecycle for critical ones."""
 
+    def __init__(self, health: HealthBoard, lifecycle: Lifecycle) -> None:
+        self._health = health
+        self._lifecycle = lifecycle
 
-async def refresh_gemini(runtime: Runtime, max_wait_s: float) -> None:
-    """For `agentctl health`: a fresh key check if the cached one is stale, then the verdict."""
-    await runtime.gemini_health.check_key_if_stale(max_wait_s)
-    runtime.gemini_health.reassess()
+    def report(self, component: str, level: Level, reason: str) -> None:
+        """Record a verdict; log when a component changes level; move the lifecycle for
+        critical ones."""
+        previous = self._health.get(component)
+        self._health.report(component, level, reason)
+        if previous is None or previous.level is not level:
+            log_change(component, level, reason, first=previous is None)
+        if component in CRITICAL:
+            self.move_lifecycle(component, reason if level is Level.FAILED else None)
+
+    def move_lifecycle(self, component: str, failure: str | None) -> None:
+        """Into ERROR while `component` fails (`failure` says why); back once it recovers."""
+        if failure is not None:
+            self._lifecycle.component_failed(component, failure)
+        else:
+            self._lifecycle.component_recovered(component)
 
 
 class HealthChecks:
     """The background checks of one daemon; `run()` until cancelled."""
 
-    def __init__(self, runtime: Runtime, *, clock: Clock = time.monotonic) -> None:
-        self._rt = runtime
-        self._settings = runtime.config.health
+    def __init__(
+        self,
+        settings: HealthSettings,
+        daemon: DaemonSettings,
+        *,
+        db: Database,
+        paths: Paths,
+        metrics: Instruments,
+        alerts: AlertBoard,
+        verdicts: Verdicts,
+        gemini: GeminiHealth,
+        save_counters: Callable[[], Awaitable[None]],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._daemon = daemon
+        self._db = db
+        self._paths = paths
+        self._metrics = metrics
+        self._alerts = alerts
+        self._verdicts = verdicts
+        self._gemini = gemini
+        self._save_counters = save_counters
         self._clock = clock
         self._next_integrity = 0.0  # clock time of the next deep check; 0: at once
         self._integrity: tuple[str, ...] = ()
@@ -125,7 +152,7 @@ class HealthChecks:
             group.create_task(self._run_key_checks(), name="health-gemini-key")
 
     async def _run_local(self) -> None:
-        daemon = self._rt.config.daemon
+        daemon = self._daemon
         delay = daemon.health_interval_s
         while True:
             store_ok = await self.run_once()
@@ -144,7 +171,7 @@ class HealthChecks:
         self.check_disk()
         self.check_event_loop()
         self.check_memory()
-        self._rt.gemini_health.reassess()
+        self._gemini.reassess()
         self.evaluate_alerts()
         return store_ok
 
@@ -153,32 +180,32 @@ class HealthChecks:
     async def check_store(self) -> bool:
         try:
             # A real read and a real write, to the files opened (not replaced since).
-            await self._rt.db.run_checked(state.probe)
-            await save_counters(self._rt)
+            await self._db.run_checked(state.probe)
+            await self._save_counters()
         except StoreError as exc:
-            report(self._rt, "store", Level.FAILED, str(exc))
+            self._verdicts.report("store", Level.FAILED, str(exc))
             return False
-        report(self._rt, "store", Level.OK, "read and write ok")
+        self._verdicts.report("store", Level.OK, "read and write ok")
         return True
 
     async def check_encryption(self) -> None:
         deep = self._clock() >= self._next_integrity
         try:
-            facts = await self._rt.db.run(read_encryption_facts, self._rt.paths.database, deep)
+            facts = await self._db.run(read_encryption_facts, self._paths.database, deep)
         except StoreError as exc:
-            report(self._rt, "encryption", Level.FAILED, str(exc))
+            self._verdicts.report("encryption", Level.FAILED, str(exc))
             return
         if facts.integrity_problems is not None:
             self._integrity = facts.integrity_problems
             every = self._settings.integrity_check_interval_s
             self._next_integrity = self._clock() + every if every > 0 else float("inf")
-        report(self._rt, "encryption", *self._encryption_verdict(facts))
+        self._verdicts.report("encryption", *self._encryption_verdict(facts))
 
     def _encryption_verdict(self, facts: EncryptionFacts) -> tuple[Level, str]:
         if facts.cipher_version is None:
             return Level.FAILED, "no cipher: the store is not encrypted"
         if facts.plaintext_header is None:
-            return Level.FAILED, f"cannot read {self._rt.paths.database}"
+            return Level.FAILED, f"cannot read {self._paths.database}"
         if facts.plaintext_header:
             return Level.FAILED, "the database file starts with the plaintext SQLite header"
         if self._integrity:
@@ -200,14 +227,14 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        report(self._rt, "disk", level, self._disk_detail)
+        self._verdicts.report("disk", level, self._disk_detail)
 
     def _watched_dirs(self) -> list[Path]:
-        paths = self._rt.paths
+        paths = self._paths
         return sorted({paths.database.parent, paths.log_file.parent})
 
     def check_event_loop(self) -> None:
-        lag = self._rt.metrics.loop_lag_statistics().max_recent_s
+        lag = self._metrics.loop_lag_statistics().max_recent_s
         s = self._settings
         if lag > s.loop_lag_failed_s:
             level = Level.FAILED
@@ -215,8 +242,7 @@ class HealthChecks:
             level = Level.DEGRADED
         else:
             level = Level.OK
-        report(
-            self._rt,
+        self._verdicts.report(
             "event_loop",
             level,
             f"lag {lag * 1000:.1f} ms (degraded over {s.loop_lag_degraded_s * 1000:.0f} ms)",
@@ -226,8 +252,7 @@ class HealthChecks:
         rss = int(process_rss_bytes())
         limit = self._settings.rss_max_bytes
         level = Level.DEGRADED if limit and rss > limit else Level.OK
-        report(
-            self._rt,
+        self._verdicts.report(
             "memory",
             level,
             f"RSS {_mib(rss)}" + (f" (limit {_mib(limit)})" if limit else ""),
@@ -238,13 +263,13 @@ class HealthChecks:
     async def _run_key_checks(self) -> None:
         """At the check interval while the key works; with backoff while it does not."""
         interval = self._settings.gemini_check_interval_s
-        daemon = self._rt.config.daemon
+        daemon = self._daemon
         delay = interval
         while True:
             await asyncio.sleep(delay)  # the checking cadence, not synchronisation
-            if self._rt.provider.configuration_problem() is not None:
+            if self._gemini.provider.configuration_problem() is not None:
                 continue  # no key: nothing to call
-            result = await self._rt.gemini_health.check_key()
+            result = await self._gemini.check_key()  # the verdict follows it
             if result.status is KeyStatus.OK:
                 delay = interval
             else:
@@ -254,12 +279,12 @@ class HealthChecks:
     # -- alerts
 
     def evaluate_alerts(self) -> None:
-        errors, requests = self._rt.metrics.errors.counts()
-        breaker = self._rt.provider.statistics().breaker
+        errors, requests = self._metrics.errors.counts()
+        breaker = self._gemini.provider.statistics().breaker
         inputs = AlertInputs(
             errors=errors,
             requests=requests,
-            chat_p95_s=self._rt.metrics.chat_p95_s(),
+            chat_p95_s=self._metrics.chat_p95_s(),
             breaker_open=breaker.state is BreakerState.OPEN,
             breaker_detail=(
                 f"circuit breaker open after {breaker.trips} trip(s); last failure: "
@@ -268,7 +293,7 @@ class HealthChecks:
             disk_free_bytes=self._disk_free,
             disk_detail=self._disk_detail,
         )
-        evaluate_rules(self._rt.alerts, inputs, self._settings)
+        evaluate_rules(self._alerts, inputs, self._settings)
 
 
 def _free_bytes(path: Path) -> int:

@@ -86,6 +86,10 @@ class GeminiHealth:
         self._failing = False  # the lifecycle holds ERROR for gemini
         self._recovery: asyncio.Task[None] | None = None
 
+    @property
+    def provider(self) -> ResilientProvider:
+        return self._provider
+
     # -- the verdict
 
     def report_start(self) -> None:
@@ -166,6 +170,12 @@ class GeminiHealth:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(max_wait_s):
                 await self.check_key()
+
+    async def refresh(self, max_wait_s: float) -> None:
+        """For `agentctl health`: a fresh key check if the cached one is stale, then the
+        verdict."""
+        await self.check_key_if_stale(max_wait_s)
+        self.reassess()
 
     async def _check(self) -> KeyCheck:
         result = await self._provider.check_key()

@@ -44,8 +44,8 @@ from agentd.telemetry.metrics import (
 )
 
 if TYPE_CHECKING:
-    from agentd.runtime import Runtime
     from agentd.store.audit import AuditStatistics
+    from agentd.store.database import Database
 
 # What the error ratio counts: the daemon failing a request. A client's
 # mistake (BAD_REQUEST, FORBIDDEN...) or a rate limit doing its job is not.
@@ -72,17 +72,6 @@ class Readings:
     admission: AdmissionStatistics | None = None
     audit: AuditStatistics | None = None
     store_size_bytes: int | None = None
-
-
-def readings_of(runtime: Runtime) -> Readings:
-    """What `refresh()` needs, from the running daemon."""
-    return Readings(
-        lifecycle=runtime.lifecycle.statistics(),
-        provider=runtime.provider.statistics(),
-        admission=runtime.chat.queue.statistics(),
-        audit=runtime.audit.statistics(),
-        store_size_bytes=runtime.store_size_bytes(),
-    )
 
 
 class _Deltas:
@@ -130,6 +119,13 @@ class Instruments:
             "requests_total",
             "Requests answered, by command and outcome (ok or the error code).",
             ("command", "outcome"),
+            lifetime=True,
+        )
+        self.unaudited = r.counter(
+            "requests_unaudited_total",
+            "Requests of a command class [audit] does not audit one by one (by default "
+            "the probes: ping, status, health, metrics), by command and peer uid.",
+            ("command", "uid"),
             lifetime=True,
         )
         self.starts = r.counter(
@@ -259,6 +255,10 @@ class Instruments:
             self.chat_latency.observe(latency_s)
         if model:
             self.record_tokens(model, tokens_in, tokens_out)
+
+    def count_unaudited(self, command: str, uid: int) -> None:
+        """A request that leaves no audit row of its own ([audit] level none)."""
+        self.unaudited.inc_series((command, str(uid)))
 
     def record_tokens(self, model: str, tokens_in: int, tokens_out: int) -> None:
         self.tokens.inc(max(tokens_in, 0), model=model, direction="in")
@@ -408,11 +408,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 6)
 
 
-async def restore_counters(runtime: Runtime) -> None:
+async def restore_counters(db: Database, metrics: Instruments) -> None:
     """Add the lifetime totals of earlier runs; a damaged value is logged and skipped."""
-    saved = await runtime.db.run(state.get_value, "metrics_lifetime")
+    saved = await db.run(state.get_value, "metrics_lifetime")
     try:
-        skipped = runtime.metrics.restore_lifetime(saved if isinstance(saved, dict) else {})
+        skipped = metrics.restore_lifetime(saved if isinstance(saved, dict) else {})
     except ValueError as exc:
         logger.warning("lifetime metrics not restored (%s): counting from zero", exc)
         return
@@ -420,7 +420,7 @@ async def restore_counters(runtime: Runtime) -> None:
         logger.info("lifetime metrics no longer defined, not restored: %s", ", ".join(skipped))
 
 
-async def save_counters(runtime: Runtime) -> None:
+async def save_counters(db: Database, metrics: Instruments, readings: Readings) -> None:
     """Persist every lifetime counter (a real write: the health check's too)."""
-    runtime.metrics.refresh(readings_of(runtime))
-    await runtime.db.run(state.put_values, {"metrics_lifetime": runtime.metrics.export_lifetime()})
+    metrics.refresh(readings)
+    await db.run(state.put_values, {"metrics_lifetime": metrics.export_lifetime()})

@@ -38,7 +38,6 @@ session_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 peer_uid_var: contextvars.ContextVar[int | None] = contextvars.ContextVar("peer_uid", default=None)
 
-CONTEXT_FIELDS: Final = ("request_id", "session_id", "peer_uid")
 FORMAT: Final = "%(asctime)s %(levelname)s %(name)s %(message)s"
 RENAMES: Final = {"asctime": "time", "levelname": "level", "name": "logger"}
 

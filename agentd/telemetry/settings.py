@@ -1,8 +1,8 @@
 """The `[health]` and `[pricing]` configuration sections: frozen, typed, stdlib only.
 
-Like `ProviderSettings`, each section lists its own invalid values in
-`problems()`; the config loader turns the first one into an error naming the
-key and where it came from. Values are plain str, int, float, bool and
+Like every section, each declares its constraints on its fields
+(agentd/constraints.py); the config loader turns the first broken one into an
+error naming the key and where it came from. Values are plain str, int, float, bool and
 tuple[str, ...] because that is what TOML and `AGENTD_*` variables give.
 """
 
@@ -12,6 +12,8 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from agentd.constraints import bounded
 
 MIB: Final = 1024 * 1024
 
@@ -27,47 +29,24 @@ class HealthSettings:
 
     # Free space where the database and logs live: degraded (and the disk-low
     # alert) below this; failed below 1 MiB, where writes are about to fail.
-    disk_min_free_bytes: int = 100 * MIB
+    disk_min_free_bytes: int = bounded(100 * MIB, ge=0)
     # Event-loop lag (how late a timer fires): degraded above, failed above.
-    loop_lag_degraded_s: float = 0.5
-    loop_lag_failed_s: float = 5.0
+    loop_lag_degraded_s: float = bounded(0.5, gt=0)
+    loop_lag_failed_s: float = bounded(5.0, at_least="loop_lag_degraded_s")
     # Resident memory: degraded above this; 0 = no limit.
-    rss_max_bytes: int = 1024 * MIB
+    rss_max_bytes: int = bounded(1024 * MIB, ge=0)
     # The Gemini key check is one authenticated call: cached this long.
-    gemini_check_interval_s: float = 600.0
+    gemini_check_interval_s: float = bounded(600.0, gt=0)
     # PRAGMA cipher_integrity_check reads and authenticates every page: at
     # start-up, then this often; 0 = at start-up only.
-    integrity_check_interval_s: float = 3600.0
+    integrity_check_interval_s: float = bounded(3600.0, ge=0)
     # Alert rules. The error ratio counts the daemon's failures (INTERNAL,
     # PROVIDER_ERROR, NOT_READY, BUSY) over the last error_window_s seconds,
     # and only once the window holds alert_min_requests requests.
-    error_window_s: int = 60
-    alert_error_ratio: float = 0.5
-    alert_min_requests: int = 20
-    alert_chat_p95_s: float = 30.0
-
-    def problems(self) -> list[tuple[str, str]]:
-        checks = [
-            ("disk_min_free_bytes", self.disk_min_free_bytes >= 0, "must not be negative"),
-            ("loop_lag_degraded_s", self.loop_lag_degraded_s > 0, "must be greater than 0"),
-            (
-                "loop_lag_failed_s",
-                self.loop_lag_failed_s >= self.loop_lag_degraded_s,
-                "must be at least loop_lag_degraded_s",
-            ),
-            ("rss_max_bytes", self.rss_max_bytes >= 0, "must not be negative"),
-            ("gemini_check_interval_s", self.gemini_check_interval_s > 0, "must be greater than 0"),
-            (
-                "integrity_check_interval_s",
-                self.integrity_check_interval_s >= 0,
-                "must not be negative",
-            ),
-            ("error_window_s", self.error_window_s >= 1, "must be at least 1"),
-            ("alert_error_ratio", 0 < self.alert_error_ratio <= 1, "must be in (0, 1]"),
-            ("alert_min_requests", self.alert_min_requests >= 1, "must be at least 1"),
-            ("alert_chat_p95_s", self.alert_chat_p95_s > 0, "must be greater than 0"),
-        ]
-        return [(name, message) for name, ok, message in checks if not ok]
+    error_window_s: int = bounded(60, ge=1)
+    alert_error_ratio: float = bounded(0.5, gt=0, le=1)
+    alert_min_requests: int = bounded(20, ge=1)
+    alert_chat_p95_s: float = bounded(30.0, gt=0)
 
 
 @dataclass(frozen=True)
@@ -84,11 +63,14 @@ class PricingSettings:
 
     as_of: str = "2025-07-22"
 
-    models: tuple[str, ...] = (
-        "gemini-flash-latest=0.30/2.50",
-        "gemini-flash-lite-latest=0.10/0.40",
-        "gemini-2.5-flash=0.30/2.50",
-        "gemini-2.5-flash-lite=0.10/0.40",
+    models: tuple[str, ...] = bounded(
+        (
+            "gemini-flash-latest=0.30/2.50",
+            "gemini-flash-lite-latest=0.10/0.40",
+            "gemini-2.5-flash=0.30/2.50",
+            "gemini-2.5-flash-lite=0.10/0.40",
+        ),
+        check=lambda models: _bad_price(models),
     )
 
     def prices(self) -> dict[str, tuple[float, float]]:
@@ -101,13 +83,12 @@ class PricingSettings:
                 out[model] = price
         return out
 
-    def problems(self) -> list[tuple[str, str]]:
-        bad = [entry for entry in self.models if parse_price(entry) is None]
-        if bad:
-            return [
-                ("models", f"entry {bad[0]!r} is not 'model=input/output' (USD per million tokens)")
-            ]
-        return []
+
+def _bad_price(models: tuple[str, ...]) -> str | None:
+    bad = [entry for entry in models if parse_price(entry) is None]
+    if bad:
+        return f"entry {bad[0]!r} is not 'model=input/output' (USD per million tokens)"
+    return None
 
 
 def parse_price(entry: str) -> tuple[str, tuple[float, float]] | None:
