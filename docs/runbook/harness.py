@@ -174,7 +174,7 @@ class Lab:
         """Show the daemon's stderr log lines (JSON) whose message holds one of the
         fragments, the first of each, abridged to time, level, logger and message."""
         records = list(_records(d.stderr_path))
-        picked = []
+        picked: list[dict[str, Any]] = []
         for fragment in fragments:
             hits = [r for r in records if fragment in str(r.get("message", ""))]
             self.fact(f"log {hits[0]['level']} {fragment!r}" if hits else
@@ -196,14 +196,14 @@ class Lab:
         return text
 
 
-_VOLATILE = [
+_VOLATILE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"\b(a|s|r)-[0-9a-f]{16}\b"), r"\1-…"),
-    (re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(\+0000|Z)?"), "<time>"),
+    (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(\+0000|Z)?"), "<time>"),
     (re.compile(r"\b\d+(\.\d+)? (MiB|KiB|GiB|B) free"), r"N \2 free"),
     (re.compile(r"RSS \d+(\.\d+)? MiB"), "RSS N MiB"),
     (re.compile(r"\(\d+(\.\d+)? (KiB|MiB|B)\)"), r"(N \2)"),
     (re.compile(r"lag \d+(\.\d+)? ms"), "lag N ms"),
-    (re.compile(r"uptime +\d+\S*"), lambda m: m.group(0).split()[0] + "     Ns"),
+    (re.compile(r"uptime( +)\d+\S*"), r"uptime\1Ns"),
     (re.compile(r"\b\d+s ago\b"), "Ns ago"),
     (re.compile(r"pid \d+"), "pid <pid>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from docs.runbook.harness import FAST_RECOVERY, Lab, Skipped, stop
 from tests.conftest import wait_until
@@ -156,7 +157,8 @@ def db_key(lab: Lab) -> None:
     wrong.write_text("not-hex\n")
     lab.agentd(d, says=("64 hex characters",), shown="agentd    # a key file that is not a key")
     d.env["AGENTD_DB_KEY_FILE"] = str(lab.base / "absent.key")
-    lab.agentd(d, shown="agentd    # a key file that is not there")
+    lab.agentd(d, shown="agentd    # a key file that is not there", says=("does not exist",))
+    lab.ctl(d, "status", says=("not running",))
     lab.section("recovery")
     d.env = good
     d.start()
@@ -271,7 +273,7 @@ def busy(lab: Lab) -> None:
     lab.ctl(r, "chat", "two", says=("RATE_LIMITED", "retry"))
 
 
-def _other(lab: Lab) -> "os.PathLike[str]":
+def _other(lab: Lab) -> Path:
     other = lab.base / "o"
     (other / "run").mkdir(parents=True, mode=0o700)
     (other / "home").mkdir()
