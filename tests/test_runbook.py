@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 # The budget for the whole run; a loaded machine may be slower, not 2x slower.
 BUDGET_S = 120.0
-_CODE = re.compile(r"```.*?```", re.DOTALL)
+_CODE = re.compile(r"^```\w*\n.*?^```$", re.DOTALL | re.MULTILINE)
 
 
 @pytest.fixture(scope="module")

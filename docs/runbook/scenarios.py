@@ -77,8 +77,9 @@ def gemini_quota(lab: Lab) -> None:
 
 def api_key_rejected(lab: Lab) -> None:
     fake = lab.fake_gemini()
-    d = lab.daemon({**QUICK_BREAKER, "AGENTD_GEMINI__BREAKER_FAILURE_THRESHOLD": "3"},
-                   fake=fake)
+    # The default cool-down: the chat after the breaker opens meets it open.
+    d = lab.daemon({**QUICK_BREAKER, "AGENTD_GEMINI__BREAKER_FAILURE_THRESHOLD": "3",
+                    "AGENTD_GEMINI__BREAKER_COOLDOWN_S": "30"}, fake=fake)
     fake.set_default(invalid_key())
     lab.ctl(d, "chat", "hello?", says=("[degraded]", "API key was rejected"))
     fake.set_default(forbidden())
@@ -87,6 +88,7 @@ def api_key_rejected(lab: Lab) -> None:
     lab.ctl(d, "chat", "still?", says=("[degraded]",))
     lab.ctl(d, "health", says=("gemini      failed", "rejected"))
     lab.log(d, "API_KEY_INVALID", "PERMISSION_DENIED", "circuit breaker closed -> open")
+    lab.ctl(d, "chat", "once the breaker is open", says=("[degraded]", "unreachable", "auth"))
     lab.section("recovery")
     fake.set_default(answer())
     stop(d)
@@ -239,7 +241,7 @@ def stuck_loop(lab: Lab) -> None:
         lab.show("agentctl status", "(no answer: killed after 2 s)")
     time.sleep(1.5)  # the stall itself: what the loop-lag probe measures
     d.signal(signal.SIGCONT)
-    lab.ctl(d, "health", says=("event_loop",))
+    lab.ctl(d, "health", says=("event_loop  failed",))
     lab.log(d, "event_loop is")
     lab.section("recovery")
     wait_until(lambda: d.call("health")["components"]["event_loop"]["status"] == "ok", 20,
