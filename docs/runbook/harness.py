@@ -15,7 +15,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -119,7 +118,7 @@ class Lab:
 
     def show(self, command: str, output: str, code: int | None = None, lang: str = "console"
              ) -> None:
-        block = Block(command, self.normalise(output), code, lang)
+        block = Block(self.normalise(command), self.normalise(output), code, lang)
         self.record.parts.setdefault(self.part, []).append(block)
 
     def fact(self, text: str) -> None:
@@ -142,6 +141,14 @@ class Lab:
         self.fact(f"{command} -> exit {result.returncode}")
         self.says(text, *says)
         return result
+
+    def sh(self, command: str, note: str = "") -> None:
+        """Run a shell command for real (rm, cp, stat, kill) and show it, normalised."""
+        done = subprocess.run(["bash", "-c", command], capture_output=True, timeout=30,
+                              check=False)
+        output = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        shown = f"{command}    # {note}" if note else command
+        self.show(shown, output, done.returncode or None)
 
     def agentd(self, d: DaemonProcess, *args: str, says: tuple[str, ...] = (),
                shown: str = "") -> int:
@@ -208,6 +215,7 @@ _VOLATILE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = 
     (re.compile(r"pid \d+"), "pid <pid>"),
     (re.compile(r"127\.0\.0\.1:\d+"), "127.0.0.1:<port>"),
     (re.compile(r"\bin \d+(\.\d+)?s\b"), "in Ns"),
+    (re.compile(r"after \d+ trip\(s\)"), "after N trip(s)"),
 ]
 
 
@@ -253,11 +261,3 @@ def run(name: str, scenario: Callable[[Lab], None]) -> Record:
 def stop(d: DaemonProcess) -> int:
     d.signal(signal.SIGTERM)
     return d.wait_exit()
-
-
-def python() -> str:
-    return sys.executable
-
-
-def as_dict(record: Record) -> dict[str, Any]:
-    return {"facts": record.facts, "skipped": record.skipped}

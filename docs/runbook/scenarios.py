@@ -139,8 +139,7 @@ def disk_full(lab: Lab) -> None:
     lab.ctl(d, "status", says=("ERROR (unhealthy)", "disk        failed"))
     lab.log(d, "disk is failed", "-> ERROR")
     lab.section("recovery")
-    filler.unlink()
-    lab.show("rm <tmp>/tiny/filler    # space freed", "")
+    lab.sh(f"rm {filler}", "space freed")
     lab.wait_state(d, "READY")
     lab.ctl(d, "status", says=("READY (healthy)",))
     lab.ctl(d, "chat", "after", says=("[degraded]",))
@@ -172,8 +171,7 @@ def store_files(lab: Lab) -> None:
     d = lab.daemon(FAST_RECOVERY)
     d.call("chat", {"message": "before"})
     database = d.state_dir / "agentd.db"
-    database.with_name("agentd.db-wal").unlink()
-    lab.show("rm <tmp>/state/agentd.db-wal    # behind the running daemon's back", "")
+    lab.sh(f"rm {database}-wal", "behind the running daemon's back")
     lab.ctl(d, "chat", "after", says=("STORE_UNAVAILABLE", "while agentd runs"))
     lab.wait_state(d, "ERROR")
     lab.ctl(d, "health", says=("store       failed",))
@@ -187,16 +185,14 @@ def store_files(lab: Lab) -> None:
     lab.section("missing")
     stop(d)
     shutil.copyfile(database, lab.base / "old.db")
-    database.unlink()
-    lab.show("rm <tmp>/state/agentd.db    # while agentd is stopped", "")
+    lab.sh(f"rm {database}", "while agentd is stopped")
     lab.agentd(d, says=("missing", "--accept-rollback"))
     lab.section("older")
     shutil.copyfile(lab.base / "old.db", database)
     d.start()
     d.call("chat", {"message": "later"})
     stop(d)
-    shutil.copyfile(lab.base / "old.db", database)
-    lab.show("cp old.db <tmp>/state/agentd.db    # an older copy put back", "")
+    lab.sh(f"cp {lab.base}/old.db {database}", "an older copy put back")
     lab.agentd(d, says=("rollback detected", "--accept-rollback"))
     lab.section("accept")
     d.start("--accept-rollback")
@@ -231,8 +227,8 @@ def crash(lab: Lab) -> None:
 
 def stuck_loop(lab: Lab) -> None:
     d = lab.daemon({**FAST_RECOVERY, "AGENTD_HEALTH__LOOP_LAG_FAILED_S": "1"})
-    d.signal(signal.SIGSTOP)
-    lab.show("kill -STOP <pid1>    # the whole process stands still, as a stuck loop does", "")
+    assert d.process is not None
+    lab.sh(f"kill -STOP {d.process.pid}", "the whole process stands still, as a stuck loop does")
     try:
         d.agentctl("status", timeout=2)
         lab.fact("status answered while stopped")
@@ -303,8 +299,7 @@ def socket_dir_planted(lab: Lab) -> None:
     planted.mkdir()
     os.chown(planted, 65534, 65534)
     os.chmod(planted, 0o777)
-    lab.show("ls -ld $TMPDIR/agentd-0    # made by nobody, before agentd",
-             "drwxrwxrwx nobody nogroup <tmp>/tmp/agentd-0")
+    lab.sh(f"stat -c '%A %U:%G %n' {planted}", "made by nobody, before agentd")
     lab.agentd(d, shown="agentd    # no XDG_RUNTIME_DIR: falls back to $TMPDIR/agentd-0",
                says=("owned by uid 65534",))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
@@ -313,12 +308,12 @@ def socket_dir_planted(lab: Lab) -> None:
         lab.show("# nobody listens on $TMPDIR/agentd-0/agentd.sock", "")
         lab.ctl(d, "status", says=("owned by uid 65534",))
     lab.section("recovery")
-    shutil.rmtree(planted)
-    lab.show("rm -r $TMPDIR/agentd-0    # after looking at what is in it", "")
+    lab.sh(f"rm -r {planted}", "after looking at what is in it")
     d.start(wait=False)
     lab.pid_of(d)
     wait_until(lambda: d.agentctl("status").returncode == 0, 15, "agentd to be READY")
     lab.ctl(d, "status", says=("READY (healthy)",))
+    lab.sh(f"stat -c '%A %U:%G %n' {planted}", "made by agentd")
     lab.fact(f"socket directory mode {oct(planted.stat().st_mode & 0o777)}")
 
 
