@@ -178,7 +178,7 @@ def store_files(lab: Lab) -> None:
     lab.log(d, "store lost")
     lab.section("recovery")
     lab.fact(f"SIGTERM -> exit {stop(d)}")
-    lab.show("systemctl restart agentd    # here: SIGTERM, then agentd", "")
+    lab.show("# systemctl restart agentd (here: SIGTERM, then agentd again)", "")
     d.start()
     lab.pid_of(d)
     lab.ctl(d, "status", says=("READY (healthy)",))
@@ -205,8 +205,8 @@ def crash(lab: Lab) -> None:
     fake = lab.fake_gemini()
     d = lab.daemon(fake=fake)
     fake.set_default(hang())
-    chat = subprocess.Popen([sys.executable, "-m", "agentctl", "chat", "-s", "work",
-                             "--new-session", "--name", "work", "a long question"],
+    chat = subprocess.Popen([sys.executable, "-m", "agentctl", "chat", "--new-session", "--name",
+                             "work", "a long question"],
                             env=d.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     wait_until(lambda: len(fake.requests) >= 1, 15, "the chat to reach Gemini")
