@@ -58,7 +58,17 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {}
 
-MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat", "history", "budget")
+MODULES: Final = (
+    "status",
+    "stop",
+    "metrics",
+    "logs",
+    "audit",
+    "chat",
+    "history",
+    "budget",
+    "backup",
+)
 
 
 def command(
