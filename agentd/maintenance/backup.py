@@ -40,7 +40,8 @@ BACKUP_DIR: Final = "backups"
 
 @dataclass(frozen=True)
 class BackupRequest:
-    target: Path | None = None  # None: a timestamped name in <state dir>/backups
+    target: Path | None = None  # a file, or a directory for a timestamped name; None:
+    # a timestamped name in <state dir>/backups
     key: Secret | None = None  # None: the database's own key
     force: bool = False  # replace an existing file at `target`
     keep: int | None = None  # then keep only the newest `keep` backups of that directory
@@ -129,11 +130,14 @@ def make_backup(
 
 
 def _target(state_dir: Path, given: Path | None, now: float) -> Path:
-    if given is not None:
-        return given
-    directory = state_dir / BACKUP_DIR
-    ensure_private_dir(directory)
-    return directory / files.backup_name(now)
+    """`given` names the file, or a directory to put a timestamped one in; None: the
+    state directory's backups/ (made 0700 if missing)."""
+    if given is None:
+        given = state_dir / BACKUP_DIR
+        ensure_private_dir(given)
+    if given.is_dir() and not given.is_symlink():
+        return given / files.backup_name(now)
+    return given
 
 
 def _copy(

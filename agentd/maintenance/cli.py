@@ -73,6 +73,8 @@ def rekey(invocation: Invocation, new_key_file: Path) -> None:
     report = _attempt(lambda: rekey_database(paths, old_key, new_key, own_key_file=own))
     click.echo(f"rekeyed {report.database}: the old key no longer opens it")
     _echo_contents(report.contents.as_dict())
+    for path in report.old_key_files:
+        click.echo(f"  {path} (kept aside by a restore) is still encrypted with the old key")
     if report.key_file is not None:
         click.echo(f"  {report.key_file} now holds the new key")
     else:

@@ -41,11 +41,13 @@ class RekeyReport:
     database: Path
     contents: Contents
     key_file: Path | None  # the daemon's own key file, now holding the new key
+    old_key_files: tuple[Path, ...]  # databases kept aside by restores: still the old key's
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "database": str(self.database),
             "key_file_replaced": str(self.key_file) if self.key_file else None,
+            "old_key_files": [str(p) for p in self.old_key_files],
             **self.contents.as_dict(),
         }
 
@@ -75,7 +77,8 @@ def rekey(
         if own_key_file is not None:
             files.replace_private_file(own_key_file, new_key.reveal() + "\n")
     logger.info("rekeyed %s (audit head seq %d)", database, after.head.seq)
-    return RekeyReport(database, after, own_key_file)
+    aside = tuple(sorted(database.parent.glob(f"{database.name}.replaced-*")))
+    return RekeyReport(database, after, own_key_file, aside)
 
 
 def _export(database: Path, old_key: Secret, temp: Path, new_key: Secret) -> Contents:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentd.errors import MaintenanceError
 from agentd.maintenance import files
 from agentd.maintenance.backup import seal
 from agentd.maintenance.checks import Contents
@@ -98,7 +99,10 @@ def _put_in_place(temp: Path, database: Path, now: float) -> Path | None:
     aside: Path | None = None
     if database.exists():
         aside = database.with_name(f"{database.name}.replaced-{_stamp(now)}")
-        os.link(database, aside)  # the old file stays whole under its new name
+        try:
+            os.link(database, aside)  # the old file stays whole under its new name
+        except FileExistsError:
+            raise MaintenanceError(f"{aside} exists: try again in a moment") from None
         if wal_path(database).exists():
             os.rename(wal_path(database), wal_path(aside))
         with contextlib.suppress(FileNotFoundError):
@@ -109,4 +113,5 @@ def _put_in_place(temp: Path, database: Path, now: float) -> Path | None:
 
 
 def _stamp(now: float) -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    millis = int(now * 1000) % 1000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{millis:03d}Z"

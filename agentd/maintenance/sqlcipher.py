@@ -28,6 +28,7 @@ from agentd.store.database import SQLITE_FULL, Connection
 STEP_PAGES: Final = 1024  # 4 MiB a step: the GIL is let go during each step
 BUSY_TIMEOUT_MS: Final = 5000
 _EXPORT_SCHEMA: Final = "backup_target"
+_FULL_TEXT: Final = "database or disk is full"  # sqlite3_errstr(SQLITE_FULL)
 
 
 class Stopped(Exception):
@@ -60,13 +61,19 @@ def translated(what: str, path: Path) -> Iterator[None]:
     try:
         yield
     except sqlcipher3.Error as exc:
-        if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+        if _is_full(exc):
             raise _disk_full(what, path) from exc
         raise MaintenanceError(f"{what} failed: {exc.__class__.__name__}: {exc}") from exc
     except OSError as exc:
         if exc.errno == 28:  # ENOSPC, from our own fsync or copy
             raise _disk_full(what, path) from exc
         raise MaintenanceError(f"{what} failed: {path}: {exc.strerror}") from exc
+
+
+def _is_full(exc: sqlcipher3.Error) -> bool:
+    # The backup API's errors carry no sqlite_errorcode, only SQLite's text for it.
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == SQLITE_FULL or (code is None and str(exc) == _FULL_TEXT)
 
 
 def _disk_full(what: str, path: Path) -> DiskFull:
