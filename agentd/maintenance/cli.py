@@ -42,7 +42,7 @@ def restore(invocation: Invocation, backup: Path, key_file: Path | None) -> None
     from agentd.maintenance.restore import restore as restore_backup
 
     config, paths, db_key = _load(invocation)
-    backup_key = _key_from(key_file, config)
+    backup_key = _key_from(key_file, config, paths)
     report = _attempt(
         lambda: restore_backup(paths, db_key, backup.absolute(), backup_key, now=time.time())
     )
@@ -67,7 +67,7 @@ def rekey(invocation: Invocation, new_key_file: Path) -> None:
     from agentd.maintenance.rekey import rekey as rekey_database
 
     config, paths, old_key = _load(invocation)
-    new_key = _key_from(new_key_file, config)
+    new_key = _key_from(new_key_file, config, paths)
     assert new_key is not None
     own = None if _key_given(config, paths) else paths.generated_key
     report = _attempt(lambda: rekey_database(paths, old_key, new_key, own_key_file=own))
@@ -101,14 +101,14 @@ def _load(invocation: Invocation) -> tuple[Config, Paths, Secret]:
         _fail(str(exc), EX_CONFIG)
 
 
-def _key_from(path: Path | None, config: Config) -> Secret | None:
+def _key_from(path: Path | None, config: Config, paths: Paths) -> Secret | None:
     from agentd.errors import ConfigError
     from agentd.secrets import read_key_file
 
     if path is None:
         return None
     try:
-        return read_key_file(path.absolute(), strict=not config.is_development)
+        return read_key_file(path.absolute(), paths, strict=not config.is_development)
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
 
