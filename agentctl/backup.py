@@ -80,9 +80,7 @@ def backup(path: str | None, key_file: str | None, force: bool, keep: int | None
 
 
 def _read_key(path: str) -> str:
-    problem = path_problem(
-        path, owners=(os.geteuid(), 0), forbidden_mode=0o077, directory=False
-    )
+    problem = path_problem(path, owners=(os.geteuid(), 0), forbidden_mode=0o077, directory=False)
     if problem is not None:
         fail(f"key file {path} {problem}: chmod 600 it, owned by you or root", exits.USAGE)
     try:

@@ -35,12 +35,11 @@ class Invocation(NamedTuple):
     config_path: str | None
     flags: dict[str, str | None]
 
+
 logger = logging.getLogger("agentd")
 
 
-@click.group(
-    invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
-)
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",

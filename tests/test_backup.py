@@ -295,7 +295,9 @@ def damage(kind: str, path: Path) -> None:
         path.write_bytes(data[: len(data) // 2])
     elif kind == "tampered":
         middle = len(data) // 2
-        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :])
+        path.write_bytes(
+            data[:middle] + bytes(b ^ 0xFF for b in data[middle : middle + 8]) + data[middle + 8 :]
+        )
 
 
 @pytest.mark.parametrize(
@@ -372,7 +374,9 @@ def test_rekey_reencrypts_so_only_the_new_key_opens_what_is_left(
     assert verdict["ok"] and verdict["head"]["seq"] > head["seq"]
 
 
-def test_rekey_replaces_the_key_the_daemon_generated(daemon: DaemonProcess, short_tmp: Path) -> None:
+def test_rekey_replaces_the_key_the_daemon_generated(
+    daemon: DaemonProcess, short_tmp: Path
+) -> None:
     chat(daemon, "hello")
     stop(daemon)
     new = write_key(short_tmp / "new.key")

@@ -29,9 +29,7 @@ async def backup(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Write a backup while chats go on; reply with its path, size, rows and audit head."""
     request = backup_request(call.args)
     try:
-        report = await run_backup(
-            runtime.db.path, runtime.db.key, runtime.paths.state_dir, request
-        )
+        report = await run_backup(runtime.db.path, runtime.db.key, runtime.paths.state_dir, request)
     except MaintenanceError as exc:
         raise BadRequest(str(exc)) from None
     return report.as_dict()

@@ -6,9 +6,13 @@
          existing file refused unless `force`
       2. a temporary file beside it (0600, O_EXCL)
       3. one snapshot of the database copied in (sqlcipher.copy_snapshot) over a
-         second connection of our own: the store thread and its writers go on
+         connection of our own: the store thread and its writers go on; at the
+         same time, on a second thread and connection, the audit chain verified
+         on a snapshot taken just before (the copy lets go of the GIL while it
+         copies pages, so the two overlap)
       4. the copy made one self-contained file (journal_mode DELETE), checked
-         (checks.check_contents) and fsync'd
+         (checks.check_contents: every page authenticated; it holds the row the
+         chain was verified to, and the rows after it verify) and fsync'd
       5. renamed into place, the directory fsync'd; then, with `keep`, the
          oldest backups of that directory beyond `keep` removed
 
@@ -19,6 +23,7 @@ database and the existing backups untouched.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import threading
@@ -27,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from agentd.audit_chain import GENESIS, Anchor
 from agentd.maintenance import files
-from agentd.maintenance.checks import Contents, check_contents
+from agentd.maintenance.checks import Contents, check_contents, verify_chain
 from agentd.maintenance.sqlcipher import copy_snapshot, open_keyed, translated
 from agentd.paths import ensure_private_dir
 from agentd.secrets import Secret
@@ -108,8 +114,8 @@ def make_backup(
     temp = files.create_temp(target)
     try:
         with translated("the backup", temp):
-            _copy(database, db_key, temp, key, own_key, stop)
-            contents = seal(temp, key, f"the new backup {temp}", thorough=False)
+            verified = _copy(database, db_key, temp, key, own_key, stop)
+            contents = seal(temp, key, f"the new backup {temp}", verified=verified)
         files.publish(temp, target, replace=request.force)
     except BaseException:
         files.remove_with_sidecars(temp)
@@ -147,23 +153,39 @@ def _copy(
     key: Secret,
     own_key: bool,
     stop: threading.Event | None,
-) -> None:
-    source = open_keyed(database, db_key, f"the database {database}")
+) -> Anchor:
+    """Copy a snapshot into `temp` while the chain of an earlier snapshot is verified;
+    returns the head verified."""
+    what = f"the database {database}"
+    source = open_keyed(database, db_key, what)
+    chain = open_keyed(database, db_key, what)
     try:
-        copy_snapshot(source, temp, key, same_key=own_key, stop=stop)
+        with concurrent.futures.ThreadPoolExecutor(1, "backup-chain") as pool:
+            chain.execute("BEGIN")
+            chain.execute("SELECT count(*) FROM sqlite_master").fetchone()  # snapshot now,
+            # before the copy's: the copy then holds every row verified, and maybe more
+            verified = pool.submit(verify_chain, chain, what)
+            try:
+                copy_snapshot(source, temp, key, same_key=own_key, stop=stop)
+            finally:
+                head = verified.result()
+                chain.execute("ROLLBACK")
+        return head
     finally:
+        chain.close()
         source.close()
 
 
-def seal(path: Path, key: Secret, what: str, *, thorough: bool) -> Contents:
+def seal(
+    path: Path, key: Secret, what: str, *, thorough: bool = False, verified: Anchor = GENESIS
+) -> Contents:
     """Make the copy at `path` one self-contained file (no -wal beside it), check it
     under `key`, and fsync it."""
     conn = open_keyed(path, key, what)
     try:
         conn.execute("PRAGMA journal_mode = DELETE")  # a copy of a WAL database says WAL
-        contents = check_contents(conn, what, thorough=thorough)
+        contents = check_contents(conn, what, thorough=thorough, verified=verified)
     finally:
         conn.close()
     files.fsync_file(path)
     return contents
-

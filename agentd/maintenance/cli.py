@@ -92,9 +92,7 @@ def _load(invocation: Invocation) -> tuple[Config, Paths, Secret]:
 
     environ = current_environ()
     try:
-        config = load_config(
-            environ, config_path=invocation.config_path, flags=invocation.flags
-        )
+        config = load_config(environ, config_path=invocation.config_path, flags=invocation.flags)
         paths = resolve_paths(config, environ)
         return config, paths, load_db_key(config, paths, environ).secret
     except ConfigError as exc:

@@ -120,7 +120,6 @@ def prune(directory: Path, keep: int) -> list[Path]:
     return doomed
 
 
-
 def replace_private_file(path: Path, text: str) -> None:
     """Write `text` to `path` atomically: a 0600 temporary file fsync'd, then renamed."""
     temp = create_temp(path)
