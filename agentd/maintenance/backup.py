@@ -111,7 +111,8 @@ def make_backup(
     files.check_target(target, force=request.force)
     key = request.key or db_key
     own_key = request.key is None or request.key.reveal() == db_key.reveal()
-    temp = files.create_temp(target)
+    with translated("the backup", target):
+        temp = files.create_temp(target)
     try:
         with translated("the backup", temp):
             verified = _copy(database, db_key, temp, key, own_key, stop)
@@ -120,7 +121,8 @@ def make_backup(
     except BaseException:
         files.remove_with_sidecars(temp)
         raise
-    pruned = tuple(files.prune(target.parent, request.keep)) if request.keep else ()
+    with translated(f"the backup {target} was written, but pruning older ones", target):
+        pruned = tuple(files.prune(target.parent, request.keep)) if request.keep else ()
     report = BackupReport(
         target, target.stat().st_size, contents, own_key, pruned, time.monotonic() - started
     )
