@@ -399,10 +399,13 @@ def test_rekey_refuses_while_the_daemon_runs(daemon: DaemonProcess, short_tmp: P
     assert daemon.call("status")["state"] == "READY"
 
 
-def test_agentd_without_a_command_still_runs_the_daemon_and_checks_its_config(
+def test_agentd_offers_restore_and_rekey_beside_running_the_daemon(
     daemon: DaemonProcess,
 ) -> None:
-    """The subcommands must not take `agentd --check-config` or `agentd` alone away."""
-    assert daemon.call("status")["state"] == "READY"
+    """The commands are listed, and `agentd` alone and `--check-config` keep working."""
+    assert daemon.call("status")["state"] == "READY"  # started as `agentd`, no command
+    helped = agentd(daemon, "--help")
+    assert re.search(rb"restore\s+Put a backup in place", helped.stdout)
+    assert re.search(rb"rekey\s+Re-encrypt the database", helped.stdout)
     checked = agentd(daemon, "--check-config")
     assert checked.returncode == 0 and b"# state dir:" in checked.stdout
