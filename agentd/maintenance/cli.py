@@ -106,7 +106,7 @@ def _key_from(path: Path | None, config: Config, paths: Paths) -> Secret | None:
     if path is None:
         return None
     try:
-        return read_key_file(path.absolute(), paths, strict=not config.is_development)
+        return read_key_file(path.absolute(), config, paths)
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
 
