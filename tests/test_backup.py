@@ -409,3 +409,23 @@ def test_agentd_offers_restore_and_rekey_beside_running_the_daemon(
     assert re.search(rb"rekey\s+Re-encrypt the database", helped.stdout)
     checked = agentd(daemon, "--check-config")
     assert checked.returncode == 0 and b"# state dir:" in checked.stdout
+
+
+def test_restore_refuses_a_backup_whose_audit_chain_was_edited_with_the_key(
+    stopped_with_backup: DaemonProcess, private_dir: Path
+) -> None:
+    """Pages re-encrypted by someone holding the key pass SQLCipher's checks; the chain
+    does not: the edited row is named and nothing changes."""
+    d = stopped_with_backup
+    key = (d.state_dir / "db.key").read_text().strip()
+    conn = sqlcipher3.connect(str(private_dir / "b.db"), isolation_level=None)
+    conn.execute(f"PRAGMA key = \"x'{key}'\"")
+    conn.execute("UPDATE audit SET command = 'status' WHERE seq = 2")
+    conn.close()
+    db_before = digest(d.state_dir / "agentd.db")
+
+    result = agentd(d, "restore", str(private_dir / "b.db"))
+
+    assert result.returncode == 1
+    assert b"the audit chain is broken at seq 2 (content edited" in result.stderr
+    assert digest(d.state_dir / "agentd.db") == db_before
