@@ -1,5 +1,9 @@
 """`agentd`: run the daemon in the foreground (what systemd runs), or check the config.
 
+`agentd restore PATH` and `agentd rekey --new-key-file FILE` work on a stopped
+daemon's state directory (agentd/maintenance/cli.py); `agentd` with no command
+runs the daemon.
+
 Exit statuses: 0 clean stop; 1 failure (another daemon owns the socket or the
 state directory...); 78 (EX_CONFIG) a start-up failure a restart cannot fix:
 bad config, wrong DB key, a database missing or older than its audit anchor.
@@ -11,7 +15,7 @@ import gc
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 import click
 
@@ -23,10 +27,19 @@ if TYPE_CHECKING:
     from agentd.paths import Paths
 
 EX_CONFIG: Final = 78
+
+
+class Invocation(NamedTuple):
+    """The options given before a command (`agentd --config P restore ...`)."""
+
+    config_path: str | None
+    flags: dict[str, str | None]
+
+
 logger = logging.getLogger("agentd")
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -54,7 +67,9 @@ logger = logging.getLogger("agentd")
     help="Started by `agentctl start`: stop writing to stderr once READY.",
 )
 @click.version_option(__version__, "--version", prog_name="agentd")
+@click.pass_context
 def main(
+    ctx: click.Context,
     config_path: str | None,
     check_config: bool,
     socket_path: str | None,
@@ -63,7 +78,15 @@ def main(
     accept_rollback: bool,
     detached: bool,
 ) -> None:
-    """The agentd daemon: an AI agent as a Linux service."""
+    """The agentd daemon: an AI agent as a Linux service. With no command, run it."""
+    flags = {
+        "daemon.socket_path": socket_path,
+        "daemon.state_dir": state_dir,
+        "log.level": log_level,
+    }
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = Invocation(config_path, flags)
+        return
     # Start-up builds ~40,000 objects that nearly all live as long as the daemon,
     # and the cyclic collector runs ~60 times over them as the modules load (~2%
     # of the instructions to READY, docs/performance.md). So it is off until
@@ -74,11 +97,6 @@ def main(
     from agentd.paths import resolve_paths
 
     environ = current_environ()
-    flags = {
-        "daemon.socket_path": socket_path,
-        "daemon.state_dir": state_dir,
-        "log.level": log_level,
-    }
     try:
         config = load_config(environ, config_path=config_path, flags=flags)
         paths = resolve_paths(config, environ)
@@ -90,6 +108,16 @@ def main(
         _print_config(config, paths)
         return
     sys.exit(_run(config, paths, detached, accept_rollback))
+
+
+def _register_commands() -> None:
+    from agentd.maintenance.cli import rekey, restore
+
+    main.add_command(restore)
+    main.add_command(rekey)
+
+
+_register_commands()
 
 
 def _run(config: Config, paths: Paths, detached: bool, accept_rollback: bool) -> int:

@@ -18,7 +18,10 @@ AgentdError                      root; never escapes to the wire untranslated
 │   ├── DiskFull                 DISK_FULL: also a RequestError
 │   └── StoreUnavailable         STORE_UNAVAILABLE: the files were deleted or
 │                                replaced under us; also a RequestError
-└── AlreadyRunning               a live daemon owns the socket or the state directory
+├── AlreadyRunning               a live daemon owns the socket or the state directory
+└── MaintenanceError             a backup, restore or rekey cannot go on: a path others
+                                 could write, a file in the way, a key that does not open
+                                 a backup, a damaged backup (agentd/maintenance/)
 
 DiskFull and StoreUnavailable are both a StoreError (the store's callers
 retry or report them as store failures) and a RequestError (a request they
@@ -50,6 +53,10 @@ class StoreError(AgentdError):
 
 class AlreadyRunning(AgentdError):
     """Another live daemon answers on the socket or holds the state directory."""
+
+
+class MaintenanceError(AgentdError):
+    """A backup, restore or rekey refused or failed; nothing was replaced or lost."""
 
 
 class RequestError(AgentdError):

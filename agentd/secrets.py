@@ -67,6 +67,15 @@ def load_db_key(config: Config, paths: Paths, environ: Mapping[str, str]) -> DbK
     return DbKey(Secret(_generate_key(paths.generated_key)), f"generated {paths.generated_key}")
 
 
+def read_key_file(path: Path, config: Config, paths: Paths) -> Secret:
+    """A DB key from a file named on the command line (restore, rekey), checked like the
+    daemon's own: 64 hex characters, owned by us or root, not writable by others."""
+    if not _present(path, "DB key file"):
+        raise ConfigError(f"DB key file {path} does not exist")
+    _check(path, config, paths)
+    return Secret(_read_hex_key(path))
+
+
 def _db_key_candidates(config: Config, paths: Paths) -> list[tuple[str, Path]]:
     out: list[tuple[str, Path]] = []
     if paths.credentials_dir:

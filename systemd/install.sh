@@ -39,7 +39,7 @@ DOCDIR=$PREFIX/share/doc/agentd
 AGENTD_VENV=${AGENTD_VENV:-/opt/agentd/venv}
 PYTHON=${PYTHON:-python3}
 CONFDIR=/etc/agentd
-UNITS=(agentd.service agentd.socket agentd@.service agentd@.socket)
+UNITS=(agentd.service agentd.socket agentd@.service agentd@.socket agentd-backup.service agentd-backup.timer)
 
 say() { printf 'install.sh: %s\n' "$*"; }
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -109,6 +109,7 @@ install_units() {
   install -D -m 0644 "$SRC/systemd/agentd.tmpfiles" "$DESTDIR$TMPFILESDIR/agentd.conf"
   install -d "$DESTDIR$DOCDIR"
   install -m 0644 "$SRC/docs/systemd.md" "$DESTDIR$DOCDIR/systemd.md"
+  install -m 0644 "$SRC/docs/backup.md" "$DESTDIR$DOCDIR/backup.md"
   [ ! -f "$SRC/etc/agentd.toml" ] || install -m 0644 "$SRC/etc/agentd.toml" "$DESTDIR$DOCDIR/agentd.toml.example"
 }
 
@@ -146,6 +147,7 @@ install_all() {
   cat <<EOF
 install.sh: done. Next:
   systemctl enable --now agentd.socket        # started on the first client connection
+  systemctl enable --now agentd-backup.timer  # optional: a daily backup, 7 kept
   (umask 077; cat > $CONFDIR/gemini-api-key)   # optional: paste the Gemini key, Ctrl-D
   usermod -aG agentd USER                     # let USER run agentctl
   agentctl status

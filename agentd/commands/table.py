@@ -12,6 +12,7 @@ from agentd.commands import (
     CommandSet,
     CommandSpec,
     audit,
+    backup,
     budget,
     chat,
     history,
@@ -30,6 +31,7 @@ DECLARED: tuple[CommandSet, ...] = (
     chat.SPECS,
     history.SPECS,
     budget.SPECS,
+    backup.SPECS,
 )
 
 

@@ -72,6 +72,11 @@ class Database:
         self._files: dict[Path, FileId] = {}  # what we opened, by path
         self._lost: str | None = None  # why checked writes are refused, once they are
 
+    @property
+    def key(self) -> Secret:
+        """The key the store was opened with (an online backup opens its own connection)."""
+        return self._key
+
     async def open(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store")
         try:
