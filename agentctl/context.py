@@ -52,7 +52,7 @@ def show(
 
 def describe(exc: DaemonError) -> str:
     text = f"{exc.message} ({exc.code})"
-    if exc.code == "RATE_LIMITED" and "retry_after" in exc.details:
+    if exc.code == "RATE_LIMITED" and "retry_after" in exc.details and "retry in" not in text:
         text += f"; retry in {float(exc.details['retry_after']):.1f}s"
     if "error_id" in exc.details:
         text += f" [{exc.details['error_id']}]"

@@ -222,6 +222,25 @@ def test_a_dropped_connection_and_a_malformed_body_are_retried(fake_gemini: Fake
     assert errors == {"transient": 2}
 
 
+def test_a_breaker_opened_by_a_rejected_key_says_so_not_unreachable(
+    fake_gemini: FakeGemini,
+) -> None:
+    """1. Rejected-key answers open the breaker. 2. While it refuses calls, the degraded
+    answer names the rejected key (what the operator must fix), not an outage."""
+    fake_gemini.set_default(forbidden())
+
+    async def scenario(h: Harness) -> Answer:
+        for _ in range(3):
+            await h.ask()
+        return await h.ask()
+
+    result = run_with(fake_gemini, scenario, breaker_failure_threshold=3, max_attempts=1)
+
+    assert len(fake_gemini.requests) == 3  # the fourth was refused by the breaker
+    assert result.degraded and "key was rejected" in result.text
+    assert "unreachable" not in result.text
+
+
 def test_refused_connections_end_in_a_degraded_answer(fake_gemini: FakeGemini) -> None:
     async def scenario(h: Harness) -> Answer:
         return await h.ask()

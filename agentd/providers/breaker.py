@@ -96,7 +96,9 @@ class CircuitBreaker:
         if self._state is BreakerState.HALF_OPEN and not self._trial_in_flight:
             self._trial_in_flight = True
             return
-        raise CircuitOpen(self._refusal_message(), reason=self._last_failure_reason)
+        refusal = CircuitOpen(self._refusal_message(), reason=self._last_failure_reason)
+        refusal.cause = self._last_failure_kind
+        raise refusal
 
     def record_success(self) -> None:
         self._trial_in_flight = False

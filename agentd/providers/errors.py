@@ -145,6 +145,8 @@ class Blocked(ProviderError):
 
 class CircuitOpen(ProviderError):
     kind = ErrorKind.UNAVAILABLE
+    # The kind of the failure that opened the breaker: a rejected key is not an outage.
+    cause: ErrorKind | None = None
 
 
 class NoApiKey(ProviderError):

@@ -6,7 +6,7 @@ Pure functions of the error: the resilience layer decides when to use them.
 
 from __future__ import annotations
 
-from agentd.providers.errors import ErrorKind, ProviderError
+from agentd.providers.errors import CircuitOpen, ErrorKind, ProviderError
 
 
 def degraded_text(error: ProviderError, model: str) -> str:
@@ -19,6 +19,11 @@ def degraded_text(error: ProviderError, model: str) -> str:
             "[degraded] The Gemini API key was rejected "
             f"({error}). Check that the key is valid and allowed to use the Gemini API, "
             "then restart agentd."
+        )
+    if isinstance(error, CircuitOpen) and error.cause is ErrorKind.AUTH:
+        return (
+            "[degraded] Gemini is not being called for now: the API key was rejected "
+            f"({error}). Check the key, then restart agentd."
         )
     if kind is ErrorKind.UNAVAILABLE:
         return (

@@ -236,17 +236,14 @@ class HealthChecks:
     def check_event_loop(self) -> None:
         lag = self._metrics.loop_lag_statistics().max_recent_s
         s = self._settings
+        # The reason names the threshold that decided the level.
         if lag > s.loop_lag_failed_s:
-            level = Level.FAILED
+            level, threshold = Level.FAILED, f"failed over {s.loop_lag_failed_s * 1000:.0f} ms"
         elif lag > s.loop_lag_degraded_s:
-            level = Level.DEGRADED
+            level, threshold = Level.DEGRADED, f"degraded over {s.loop_lag_degraded_s * 1000:.0f} ms"
         else:
-            level = Level.OK
-        self._verdicts.report(
-            "event_loop",
-            level,
-            f"lag {lag * 1000:.1f} ms (degraded over {s.loop_lag_degraded_s * 1000:.0f} ms)",
-        )
+            level, threshold = Level.OK, f"degraded over {s.loop_lag_degraded_s * 1000:.0f} ms"
+        self._verdicts.report("event_loop", level, f"lag {lag * 1000:.1f} ms ({threshold})")
 
     def check_memory(self) -> None:
         rss = int(process_rss_bytes())
