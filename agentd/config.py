@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agentd.audit.settings import AuditSettings
 from agentd.errors import ConfigError
 from agentd.governance.settings import BudgetSettings, ModelPolicySettings, ScanSettings
 from agentd.providers.settings import ProviderSettings
@@ -112,6 +113,7 @@ class Config:
     secrets_scan: ScanSettings = field(default_factory=ScanSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -135,6 +137,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "secrets_scan": ScanSettings,
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
+    "audit": AuditSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -391,7 +394,15 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
     for name, problem in config.gemini.problems():
         raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
-    for section in ("limits", "health", "pricing", "secrets_scan", "budgets", "model_policy"):
+    for section in (
+        "limits",
+        "health",
+        "pricing",
+        "secrets_scan",
+        "budgets",
+        "model_policy",
+        "audit",
+    ):
         for name, problem in getattr(config, section).problems():
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")

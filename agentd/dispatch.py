@@ -15,6 +15,7 @@ import uuid
 from typing import Any, NamedTuple
 
 from agentd.access import Peer, Role
+from agentd.audit.rows import AuditEvent
 from agentd.commands import COMMANDS, Call, CommandSpec, Emit
 from agentd.errors import (
     BadRequest,
@@ -31,7 +32,6 @@ from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
 from agentd.ratelimit import CHAT, CHEAP
 from agentd.refusals import REFUSALS, RefusalAudit
 from agentd.runtime import Runtime
-from agentd.store.audit import AuditEvent
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
 from agentd.untrusted import clip
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agentd.audit_chain import Anchor, MalformedRow, checked_hash
+from agentd.audit.chain import Anchor, MalformedRow, checked_hash
 from agentd.errors import ConfigError
 from agentd.privatefile import open_private
 

@@ -110,6 +110,25 @@ class Database:
                 self._on_lost(exc.message)
             raise
 
+    async def run_reader(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) on a thread of its own, with a read-only connection of its
+        own: a long read (a full audit verify) that must not hold up the store thread.
+        WAL lets it read a snapshot while the store thread writes; errors as in `run`."""
+        if self._executor is None:
+            raise StoreError("the store is closed")
+        return await asyncio.to_thread(self._read, fn, *args)
+
+    def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            conn = sqlcipher3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        except sqlcipher3.Error as exc:
+            raise StoreError(f"{exc.__class__.__name__}: {exc}") from exc
+        try:
+            self._configure(conn, reader=True)
+            return self._translated(conn, fn, *args)
+        finally:
+            conn.close()
+
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
@@ -119,8 +138,11 @@ class Database:
     def _call(self, fn: Callable[..., T], *args: Any) -> T:
         if self._conn is None:
             raise StoreError("the store is closed")
+        return self._translated(self._conn, fn, *args)
+
+    def _translated(self, conn: Connection, fn: Callable[..., T], *args: Any) -> T:
         try:
-            return fn(self._conn, *args)
+            return fn(conn, *args)
         except sqlcipher3.Error as exc:
             if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
                 raise DiskFull(
@@ -163,7 +185,7 @@ class Database:
             raise
         self._conn = conn
 
-    def _configure(self, conn: Connection) -> None:
+    def _configure(self, conn: Connection, *, reader: bool = False) -> None:
         conn.execute("PRAGMA cipher_log_level = NONE")
         conn.execute(f"PRAGMA key = \"x'{self._key.reveal()}'\"")
         try:
@@ -175,6 +197,11 @@ class Database:
             raise ConfigError(
                 "sqlcipher3 is not linked against SQLCipher: refusing a plaintext store"
             )
+        if reader:
+            conn.execute("PRAGMA query_only = ON")  # the file is already in WAL mode
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
+            return
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")

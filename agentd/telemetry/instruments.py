@@ -43,8 +43,8 @@ from agentd.telemetry.metrics import (
 )
 
 if TYPE_CHECKING:
+    from agentd.audit.writer import AuditStatistics
     from agentd.runtime import Runtime
-    from agentd.store.audit import AuditStatistics
 
 # What the error ratio counts: the daemon failing a request. A client's
 # mistake (BAD_REQUEST, FORBIDDEN...) or a rate limit doing its job is not.

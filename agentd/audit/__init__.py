@@ -1,0 +1,1 @@
+"""The audit trail: policy, hash chain, rows, writer, retention."""
