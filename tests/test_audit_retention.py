@@ -3,13 +3,22 @@ chain across the cut, tampering after it, and the verified mark."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agentd.audit import rows
 from agentd.audit.chain import Anchor, Breakage
 from agentd.audit.retention import DAY_S, AuditRetention
-from agentd.audit.verify import Verification, remember_verified, verify
+from agentd.audit.verify import (
+    BATCH_ROWS,
+    Verification,
+    VerifyAbandoned,
+    remember_verified,
+    verify,
+)
 from agentd.store.database import Connection, Database
 from tests.test_audit_store import KEY, db_path, event, run, with_db
 
@@ -141,3 +150,11 @@ def test_the_verified_mark_behind_the_checkpoint_starts_at_the_checkpoint(db_pat
     prune_before(db_path, 6)
     verdict = check(db_path, full=False)
     assert verdict.result.ok and verdict.start.seq == 5 and verdict.result.rows_checked == 5
+
+
+def test_a_verify_nobody_waits_for_stops_at_its_next_batch(db_path: Path) -> None:
+    commit(db_path, 1, BATCH_ROWS + 1)
+    abandoned = threading.Event()
+    abandoned.set()
+    with pytest.raises(VerifyAbandoned):
+        with_db(db_path, verify, None, True, abandoned)

@@ -12,11 +12,17 @@ from the beginning, which is the checkpoint row when old rows were pruned
 (retention.py). Only the mark's move is written, on the store thread, and only
 forward: a verify that finds a break leaves it where it was, so the break is
 reported again next time.
+
+Every read of one verify shares one snapshot (a read transaction), so rows
+pruned or appended meanwhile do not look like a break. A verify whose request
+is gone (the client left, agentd stops) is abandoned at the next batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +30,7 @@ from typing import Any, Final
 
 from agentd.audit import rows
 from agentd.audit.chain import GENESIS, Anchor, Breakage, VerifyResult, verify_chain
+from agentd.errors import AgentdError
 from agentd.store.anchor import ANCHOR_NAME, AnchorRecord
 from agentd.store.database import Connection, transaction
 
@@ -34,6 +41,10 @@ BATCH_ROWS: Final = 500  # ~5 ms of hashing between two chances for the event lo
 # A real pause, not sleep(0): after sleep(0) this thread usually takes the GIL back
 # before the event loop's thread has woken up to take it.
 YIELD_S: Final = 0.0002
+
+
+class VerifyAbandoned(AgentdError):
+    """Nobody waits for this verify any more; its thread stops early."""
 
 
 @dataclass(frozen=True)
@@ -47,10 +58,31 @@ class Verification:
     checkpoint: Anchor | None  # the last pruned row
 
 
-def verify(conn: Connection, anchored: AnchorRecord | None, full: bool) -> Verification:
+def verify(
+    conn: Connection,
+    anchored: AnchorRecord | None,
+    full: bool,
+    abandoned: threading.Event | None = None,
+) -> Verification:
     """On a reader connection: check the chain after the start point, through the
     stored anchor; then the anchor file: a gap (found now, or accepted at
-    start-up) is a rollback."""
+    start-up) is a rollback. VerifyAbandoned once `abandoned` is set."""
+    with _snapshot(conn):
+        return _verify(conn, anchored, full, abandoned or threading.Event())
+
+
+@contextlib.contextmanager
+def _snapshot(conn: Connection) -> Iterator[None]:
+    conn.execute("BEGIN")  # deferred: the snapshot is taken at the first read
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _verify(
+    conn: Connection, anchored: AnchorRecord | None, full: bool, abandoned: threading.Event
+) -> Verification:
     cut = rows.checkpoint(conn)
     start = cut or GENESIS
     verified = None if full else _verified(conn)
@@ -60,7 +92,8 @@ def verify(conn: Connection, anchored: AnchorRecord | None, full: bool) -> Verif
     result = _check_start(conn, start, verified, anchor)
     if result is None:
         logger.info("audit verify: checking rows after seq %d (full: %s)", start.seq, full)
-        result = verify_chain(_rows_after(conn, start.seq), start=start, anchor=anchor)
+        found = _rows_after(conn, start.seq, abandoned)
+        result = verify_chain(found, start=start, anchor=anchor)
     if result.ok and anchored is not None:
         result = _check_anchor_file(conn, result, anchored)
     return Verification(result, start, full, anchor, cut)
@@ -94,11 +127,13 @@ def _check_anchor_file(
     )
 
 
-def _rows_after(conn: Connection, seq: int) -> Iterator[dict[str, Any]]:
+def _rows_after(conn: Connection, seq: int, abandoned: threading.Event) -> Iterator[dict[str, Any]]:
     cursor = conn.execute(f"{rows.SELECT} WHERE seq > ? ORDER BY seq", (seq,))
     while batch := cursor.fetchmany(BATCH_ROWS):
         for row in batch:
             yield dict(zip(rows.COLUMNS, row, strict=True))
+        if abandoned.is_set():
+            raise VerifyAbandoned("audit verify abandoned: nobody waits for it")
         time.sleep(YIELD_S)  # hand the GIL to the event loop's thread
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any, Final
 
 from agentd.access import Role
@@ -83,10 +84,14 @@ async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
     its own, so chats are answered meanwhile."""
     full = optional(call.args, "full", bool, False)
     await _flush(runtime)
+    abandoned = threading.Event()
     try:
-        verdict = await runtime.db.run_reader(verify, runtime.audit.anchored(), full)
+        verdict = await runtime.db.run_reader(verify, runtime.audit.anchored(), full, abandoned)
         if verdict.result.ok:
             await runtime.db.run(remember_verified, verdict.result.head)
+    except asyncio.CancelledError:
+        abandoned.set()  # the reader thread stops at its next batch, not after a million rows
+        raise
     except StoreError as exc:
         # A page that fails its HMAC is damage too: report it, do not fail the request.
         return {
