@@ -97,22 +97,23 @@ def test_the_head_row_is_never_pruned_and_new_rows_follow_it(db_path: Path) -> N
     assert verdict.result.ok and verdict.result.rows_checked == 3
 
 
-def test_a_row_edited_after_the_cut_is_detected(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("UPDATE audit SET latency_ms = latency_ms + 1 WHERE seq = 6", Breakage.CONTENT_EDITED),
+        ("DELETE FROM audit WHERE seq = 6", Breakage.ROW_DELETED),
+    ],
+    ids=["edited", "deleted"],
+)
+def test_the_first_row_after_the_cut_tampered_with_is_detected(
+    db_path: Path, sql: str, reason: Breakage
+) -> None:
     commit(db_path, 1, 10)
     prune_before(db_path, 6)
-    execute(db_path, "UPDATE audit SET latency_ms = latency_ms + 1 WHERE seq = 6")
+    execute(db_path, sql)
     result = check(db_path, full=True).result
     assert not result.ok
-    assert (result.first_broken_seq, result.reason) == (6, Breakage.CONTENT_EDITED)
-
-
-def test_the_first_row_after_the_cut_deleted_is_detected(db_path: Path) -> None:
-    commit(db_path, 1, 10)
-    prune_before(db_path, 6)
-    execute(db_path, "DELETE FROM audit WHERE seq = 6")
-    result = check(db_path, full=True).result
-    assert not result.ok
-    assert (result.first_broken_seq, result.reason) == (6, Breakage.ROW_DELETED)
+    assert (result.first_broken_seq, result.reason) == (6, reason)
 
 
 def test_incremental_verify_checks_only_rows_after_the_last_verified(db_path: Path) -> None:
