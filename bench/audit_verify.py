@@ -12,6 +12,10 @@ latency while a full verify runs.
                   instant fake Gemini: p99 with nothing else running (the floor), then
                   p99 while a full verify runs (started first, still running at the end).
                   Target: ≤ 2 x the floor
+    5. prune      stop; retention's own batches (retention.prune_batch, 5,000 rows a
+                  transaction) prune every row but the head: the longest batch is how
+                  long a chat's commit could wait for the store thread; then a full
+                  verify from the checkpoint must pass
 
 The verify runs on a read connection and a thread of its own, so neither the
 chats' commits nor their replies wait for it; what is left is the GIL it shares
@@ -23,11 +27,16 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from agentd.audit import rows
+from agentd.audit.chain import format_ts
+from agentd.audit.retention import BATCH_ROWS as PRUNE_BATCH_ROWS
+from agentd.audit.retention import DAY_S, prune_batch
 from agentd.audit.rows import AuditEvent
+from agentd.audit.verify import verify
 from agentd.secrets import Secret
 from agentd.store.database import Database
 from bench.harness import (
@@ -42,6 +51,7 @@ from bench.harness import (
 )
 from bench.report import BenchResult, Figure, at_most
 
+T = TypeVar("T")
 SUMMARY = "audit verify after 1,000 new rows vs a full verify of 1M; chat p99 during a full verify"
 VERIFY_STARTED = "audit verify: checking rows after seq"
 WARMED_UP_LOG = "gemini client ready"  # the SDK's import, after READY, is not measured
@@ -75,6 +85,7 @@ def run(quick: bool) -> BenchResult:
             quiet = chat_p99(daemon, counts.chat_s)
             busy, verify_ran = chat_p99_during_verify(daemon, counts.chat_s)
             daemon.stop()
+            batches = prune_everything(workdir)
     inc_s = median([s for s, _ in increments])
     result.add(Figure(f"audit verify after {counts.new_rows:,} new rows ({counts.trail:,}-row trail)",
                       inc_s * 1000, "ms", "full verify", full_s * 1000, (at_most(0.05, "ratio"),)))
@@ -82,6 +93,9 @@ def run(quick: bool) -> BenchResult:
                       "chat p99, nothing else running", quiet["latency_ms"]["p99"],
                       (at_most(2.0, "ratio"),)))
     result.add(Figure("rows sealed and committed while building", counts.trail / built_s, "rows/s"))
+    result.add(Figure(f"prune {sum(n for n, _ in batches):,} rows: longest batch", max(s for _, s in batches) * 1000,
+                      "ms"))
+    result.add(Figure("prune: all batches", sum(s for _, s in batches), "s"))
     result.info = {
         "counts": counts.__dict__, "settings": settings_note,
         "full": {"seconds": round(full_s, 2), "rows_checked": full["rows_checked"]},
@@ -108,20 +122,50 @@ def timed(work: Any) -> float:
 
 def append_rows(workdir: Workdir, first: int, count: int) -> None:
     """With the daemon stopped: `count` rows sealed by the writer's code into its file."""
+
+    async def scenario(db: Database) -> None:
+        for start in range(first, first + count, BUILD_CHUNK):
+            events = [AuditEvent(1.7e9 + n / 1000, f"bench-{n}", 0, 1, "status", None, None, 0.001)
+                      for n in range(start, min(first + count, start + BUILD_CHUNK))]
+            await db.run(rows.commit_rows, events)
+
+    with_store(workdir, scenario)
+
+
+def prune_everything(workdir: Workdir) -> list[tuple[int, float]]:
+    """With the daemon stopped: (rows, seconds) of each retention batch pruning every
+    row but the head; then the chain must still verify from the checkpoint."""
+
+    async def scenario(db: Database) -> list[tuple[int, float]]:
+        cutoff = format_ts(time.time() + DAY_S)  # every row is older
+        batches = []
+        while True:
+            started = time.perf_counter()
+            pruned = await db.run(prune_batch, cutoff, PRUNE_BATCH_ROWS)
+            if not pruned:
+                break
+            batches.append((pruned, time.perf_counter() - started))
+        verdict = await db.run(verify, None, True)
+        if not verdict.result.ok or verdict.checkpoint is None:
+            raise BenchError(f"after pruning the trail does not verify: {verdict.result}")
+        return batches
+
+    return with_store(workdir, scenario)
+
+
+def with_store(workdir: Workdir, work: Callable[[Database], Awaitable[T]]) -> T:
+    """Open the daemon's store (the daemon stopped), run `work`, close it."""
     key = Secret((workdir.state_dir / "db.key").read_text().strip())
 
-    async def scenario() -> None:
+    async def scenario() -> T:
         db = Database(workdir.state_dir / "agentd.db", key)
         await db.open()
         try:
-            for start in range(first, first + count, BUILD_CHUNK):
-                events = [AuditEvent(1.7e9 + n / 1000, f"bench-{n}", 0, 1, "status", None, None, 0.001)
-                          for n in range(start, min(first + count, start + BUILD_CHUNK))]
-                await db.run(rows.commit_rows, events)
+            return await work(db)
         finally:
             await db.close()
 
-    asyncio.run(scenario())
+    return asyncio.run(scenario())
 
 
 def timed_verify(daemon: Daemon, *, full: bool) -> tuple[float, dict[str, Any]]:

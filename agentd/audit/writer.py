@@ -58,9 +58,6 @@ def _log_malformed(bad: list[AuditEvent], exc: Exception) -> None:
     )
 
 
-# -- on the event loop ------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class AuditStatistics:
     committed: int  # rows committed by this process
