@@ -12,7 +12,7 @@ latency while a full verify runs.
                   instant fake Gemini: p99 with nothing else running (the floor), then
                   p99 while a full verify runs (started first, still running at the end).
                   Target: ≤ 2 x the floor
-    5. prune      stop; retention's own batches (retention.prune_batch, 5,000 rows a
+    5. prune      stop; retention's own batches (retention.prune_batch, 1,000 rows a
                   transaction) prune every row but the head: the longest batch is how
                   long a chat's commit could wait for the store thread; then a full
                   verify from the checkpoint must pass

@@ -26,7 +26,7 @@ from agentd.store.database import Connection, Database, transaction
 
 logger = logging.getLogger(__name__)
 
-BATCH_ROWS: Final = 5000
+BATCH_ROWS: Final = 1000  # ~10 ms a transaction on an idle machine: a chat commit waits no longer
 DAY_S: Final = 86_400.0
 
 

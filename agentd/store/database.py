@@ -113,10 +113,15 @@ class Database:
     async def run_reader(self, fn: Callable[..., T], *args: Any) -> T:
         """Run fn(conn, *args) on a thread of its own, with a read-only connection of its
         own: a long read (a full audit verify) that must not hold up the store thread.
-        WAL lets it read a snapshot while the store thread writes; errors as in `run`."""
+        WAL lets it read a snapshot while the store thread writes; errors as in `run`.
+        A new thread each time, not a pool's: fn may lower its own thread's priority."""
         if self._executor is None:
             raise StoreError("the store is closed")
-        return await asyncio.to_thread(self._read, fn, *args)
+        reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-reader")
+        try:
+            return await asyncio.wrap_future(reader.submit(self._read, fn, *args))
+        finally:
+            reader.shutdown(wait=False)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
