@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -39,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 VERIFIED_KEY: Final = "audit_verified"
 BATCH_ROWS: Final = 200  # ~2 ms of hashing between two chances for the event loop
-NICE: Final = 19
 # A real pause, not sleep(0): after sleep(0) this thread usually takes the GIL back
 # before the event loop's thread has woken up to take it.
 YIELD_S: Final = 0.0002
@@ -69,15 +67,8 @@ def verify(
     """On a reader connection: check the chain after the start point, through the
     stored anchor; then the anchor file: a gap (found now, or accepted at
     start-up) is a rollback. VerifyAbandoned once `abandoned` is set."""
-    _lower_priority()
     with _snapshot(conn):
         return _verify(conn, anchored, full, abandoned or threading.Event())
-
-
-def _lower_priority() -> None:
-    """Nice this thread (Database.run_reader's own) to the lowest priority: on a busy
-    machine chats get the CPU first, and the verify takes longer instead."""
-    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
 
 
 @contextlib.contextmanager

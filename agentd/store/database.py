@@ -28,6 +28,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
@@ -45,6 +46,7 @@ Connection = Any  # sqlcipher3.Connection has no type stubs
 SQLITE_PLAINTEXT_HEADER: Final = b"SQLite format 3\x00"
 SQLITE_FULL: Final = 13
 FileId = tuple[int, int]  # (st_dev, st_ino)
+READER_NICE: Final = 19
 
 # sqlcipher3 binds str, int, float and bytes directly, but sends every None
 # through its adapter lookup, which builds and discards two AttributeErrors
@@ -114,7 +116,9 @@ class Database:
         """Run fn(conn, *args) on a thread of its own, with a read-only connection of its
         own: a long read (a full audit verify) that must not hold up the store thread.
         WAL lets it read a snapshot while the store thread writes; errors as in `run`.
-        A new thread each time, not a pool's: fn may lower its own thread's priority."""
+        The thread runs at the lowest CPU priority (nice 19): on a busy machine the
+        event loop and the store thread get the CPU first, and the read takes longer.
+        A new thread each time, not a pool's, since a thread's nice cannot go back."""
         if self._executor is None:
             raise StoreError("the store is closed")
         reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="store-reader")
@@ -124,6 +128,7 @@ class Database:
             reader.shutdown(wait=False)
 
     def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)
         try:
             conn = sqlcipher3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         except sqlcipher3.Error as exc:
