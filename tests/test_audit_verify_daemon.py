@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import sqlcipher3
+
 from agentctl.client import Client
 from agentd.audit import rows
 from agentd.audit.rows import AuditEvent
@@ -56,13 +58,19 @@ def test_retention_prunes_old_rows_and_verify_passes_across_the_cut_then_finds_a
 ) -> None:
     """1. Retention of ~0.2 s, pruning every 0.1 s: rows of a burst of pings are pruned,
     bar the head; a checkpoint remains. 2. verify --full passes from the checkpoint.
-    3. Stop; restart keeping everything; edit the first row after the cut behind the
-    daemon's back: verify --full names it."""
+    3. Restart keeping everything; a few rows more; stop; edit the first row after
+    the cut behind the daemon's back: verify --full names it."""
     d = make_daemon(
         {"AGENTD_AUDIT__RETENTION_DAYS": "0.0000025", "AGENTD_AUDIT__PRUNE_INTERVAL_S": "0.1"}
     ).start()
     ping_many(d, 20)
-    wait_until(lambda: "audit retention: pruned" in d.stderr(), 10, "rows to be pruned")
+
+    def pings_pruned() -> bool:
+        cut = d.call("audit_verify", {"full": True})["checkpoint"]
+        return cut is not None and cut["seq"] >= 20
+
+    wait_until(pings_pruned, 10, "the pings' rows to be pruned")
+    assert "audit retention: pruned" in d.stderr()
     verdict = verify_json(d, "--full")
     assert verdict["ok"], verdict
     cut = verdict["checkpoint"]
@@ -72,12 +80,28 @@ def test_retention_prunes_old_rows_and_verify_passes_across_the_cut_then_finds_a
     )
     stop(d)
     d.env["AGENTD_AUDIT__RETENTION_DAYS"] = "0"  # nothing pruned from here on
-    first_kept = cut["seq"] + 1
+    d.start()
+    ping_many(d, 3)  # the head moves on: the row after the cut is not the anchored one
+    stop(d)
+    first_kept = stored_checkpoint(d)["seq"] + 1
     tamper(d, f"UPDATE audit SET latency_ms = latency_ms + 1 WHERE seq = {first_kept}")
     d.start()
     broken = verify_json(d, "--full")
     assert not broken["ok"] and broken["first_broken_seq"] == first_kept
     assert broken["reason"] == "content edited"
+
+
+def stored_checkpoint(d: DaemonProcess) -> dict[str, Any]:
+    """With the daemon stopped: the checkpoint row in its state table."""
+    key = (d.state_dir / "db.key").read_text().strip()
+    conn = sqlcipher3.connect(str(d.state_dir / "agentd.db"), isolation_level=None)
+    try:
+        conn.execute(f"PRAGMA key = \"x'{key}'\"")
+        found = conn.execute("SELECT value FROM state WHERE key = 'audit_checkpoint'").fetchone()
+    finally:
+        conn.close()
+    checkpoint: dict[str, Any] = json.loads(found[0])
+    return checkpoint
 
 
 def build_trail(d: DaemonProcess, count: int) -> None:
