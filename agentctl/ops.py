@@ -5,8 +5,9 @@
     health                             exit 0 when healthy, 1 otherwise
     logs [-n N] [-f] [--level L] [--since 10m|TIMESTAMP] [--request ID] [--json]
     audit [filters]                    recent audit rows (admin)
-    audit verify                       exit 0 when the hash chain is intact, 1 naming
-                                       the first broken row
+    audit verify [--full]              exit 0 when the hash chain is intact, 1 naming
+                                       the first broken row; rows after the last verify
+                                       only, unless --full
 
 Imports click, msgpack (through the client) and agentd.protocol only.
 Registered on the group by agentctl.cli (import that, not this module).
@@ -296,19 +297,25 @@ def _owner(owner_uid: int | None) -> str:
 
 
 @audit.command()
+@click.option(
+    "--full", is_flag=True, help="Re-check every row, not only those since the last verify."
+)
 @json_option
-def verify() -> None:
-    """Check the whole hash chain; exit 0 when intact, 1 naming the first broken row."""
-    result = show("audit_verify", _print_verdict, timeout=None)
+def verify(full: bool) -> None:
+    """Check the hash chain since the last verify (--full: all of it); exit 0 when
+    intact, 1 naming the first broken row."""
+    args = {"full": True} if full else {}
+    result = show("audit_verify", _print_verdict, args, timeout=None)
     sys.exit(exits.OK if result["ok"] else exits.FAILED)
 
 
 def _print_verdict(result: dict[str, Any]) -> None:
     if result["ok"]:
-        head = result["head"]
+        head, start = result["head"], result.get("start") or {"seq": 0}
+        since = "" if start["seq"] == 0 else f" after seq {start['seq']}"
         click.echo(
-            f"audit trail intact: {result['rows_checked']} rows, head seq {head['seq']} "
-            f"hash {head['hash']}"
+            f"audit trail intact: {result['rows_checked']} rows checked{since}, head seq "
+            f"{head['seq']} hash {head['hash']}"
         )
     else:
         where = f"seq {result['first_broken_seq']}" if result["first_broken_seq"] else "the store"

@@ -19,6 +19,9 @@ from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
 from agentd.access import AccessPolicy, build_policy
+from agentd.audit.retention import AuditRetention
+from agentd.audit.rows import settle_anchor
+from agentd.audit.writer import AuditWriter
 from agentd.chat import ChatPipeline
 from agentd.commands.table import command_table
 from agentd.config import Config
@@ -39,7 +42,6 @@ from agentd.server import Server, bind_socket, refuse_waiting_clients
 from agentd.statelock import StateLock
 from agentd.store import messages, sessions, state
 from agentd.store.anchor import ANCHOR_NAME, AnchorFile, refuse_missing_database
-from agentd.store.audit import AuditWriter, settle_anchor
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
@@ -306,6 +308,13 @@ class Daemon:
         self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
         if self._refusals is not None:
             self._spawn(self._refusals.run(), "refusal-audit")
+        if self.config.audit.retention_days > 0:
+            retention = AuditRetention(
+                self.runtime.db,
+                retention_days=self.config.audit.retention_days,
+                prune_interval_s=self.config.audit.prune_interval_s,
+            )
+            self._spawn(retention.run(), "audit-retention")
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")

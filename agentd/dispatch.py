@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from agentd.access import AccessPolicy, Peer, Role
+from agentd.audit.rows import AuditEvent
 from agentd.audit.settings import AuditSettings
+from agentd.audit.writer import AuditWriter
 from agentd.commands import AuditFacts, Call, CommandSpec, Emit, Rate
 from agentd.errors import (
     BadRequest,
@@ -31,7 +33,6 @@ from agentd.lifecycle import SERVING, Lifecycle, State
 from agentd.protocol import ErrorCode, Request, error_reply, ok_reply
 from agentd.ratelimit import CHEAP, RequestLimiter
 from agentd.refusals import REFUSALS, RefusalAudit
-from agentd.store.audit import AuditEvent, AuditWriter
 from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
 from agentd.untrusted import clip

@@ -33,9 +33,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Final
 
+from agentd.audit.rows import AuditEvent
+from agentd.audit.writer import AuditWriter
 from agentd.limits import Clock
 from agentd.protocol import ErrorCode
-from agentd.store.audit import AuditEvent, AuditWriter
 from agentd.telemetry.metrics import Counter
 
 logger = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ from typing import Any
 
 from agentd import __version__
 from agentd.access import AccessPolicy
+from agentd.audit.writer import AuditWriter
 from agentd.chat import ChatPipeline
 from agentd.config import Config
 from agentd.governance.gate import Gate
@@ -24,7 +25,6 @@ from agentd.ownership import CurrentSessions
 from agentd.paths import Paths
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
-from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
 from agentd.telemetry.alerts import AlertBoard
 from agentd.telemetry.gemini import GeminiHealth

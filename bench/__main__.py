@@ -31,6 +31,7 @@ BENCHES: Final = (
     "rate_limit",
     "secret_scan",
     "backup",
+    "audit_verify",
 )
 
 

@@ -152,7 +152,7 @@ def _open(path: Path, key: str) -> Any:
 
 def fill_store(state_dir: Path, counts: Counts) -> None:
     """Sessions, messages and sealed audit rows, written offline into the daemon's store."""
-    from agentd.store.audit import AuditEvent, append
+    from agentd.audit.rows import AuditEvent, append
     from agentd.store.database import transaction
 
     conn = _open(state_dir / "agentd.db", (state_dir / "db.key").read_text().strip())

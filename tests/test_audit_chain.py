@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from agentd.audit_chain import (
+from agentd.audit.chain import (
     CONTENT_FIELDS,
     GENESIS,
     GENESIS_HASH,

@@ -11,20 +11,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentd.audit_chain import (
+from agentd.audit import rows as audit
+from agentd.audit.chain import (
     GENESIS,
     GENESIS_HASH,
     Anchor,
     Breakage,
     MalformedRow,
+    VerifyResult,
     compute_hash,
     hash_content,
     verify_chain,
 )
+from agentd.audit.rows import AuditEvent, AuditQuery
+from agentd.audit.verify import verify
+from agentd.audit.writer import AuditStatistics, AuditWriter
 from agentd.errors import StoreError
 from agentd.secrets import Secret
-from agentd.store import audit
-from agentd.store.audit import AuditEvent, AuditQuery, AuditStatistics, AuditWriter
 from agentd.store.database import Connection, Database, transaction
 from agentd.store.migrations import migrate
 from tests.test_audit_chain import END_OF_9999, TRICKY_CHARACTERS, texts
@@ -77,6 +80,12 @@ def with_db(path: Path, fn: Callable[..., T], *args: Any) -> T:
             await db.close()
 
     return run(scenario)
+
+
+def verify_all(conn: Connection) -> tuple[VerifyResult, Anchor | None]:
+    """A full verify (no anchor file): the verdict and the stored anchor."""
+    verdict = verify(conn, None, True)
+    return verdict.result, verdict.anchor
 
 
 def all_rows(conn: Connection) -> list[dict[str, Any]]:
@@ -197,7 +206,7 @@ def test_append_inside_a_callers_transaction_follows_the_committed_head(db_path:
 def test_the_anchor_follows_the_head(db_path: Path) -> None:
     head = with_db(db_path, audit.commit_rows, [event(1), event(2)])
     assert with_db(db_path, audit.stored_anchor) == head
-    result, anchor = with_db(db_path, audit.verify)
+    result, anchor = with_db(db_path, verify_all)
     assert result.ok and result.rows_checked == 2 and anchor == head
 
 
@@ -213,7 +222,7 @@ def test_a_tail_deleted_while_stopped_stays_detected_after_new_rows(db_path: Pat
     head, anchor, holds = with_db(db_path, audit.check_on_open)
     assert (head.seq, anchor.seq if anchor else None, holds) == (1, 3, False)
     with_db(db_path, audit.commit_rows, [event(4), event(5), event(6)])
-    result, kept = with_db(db_path, audit.verify)
+    result, kept = with_db(db_path, verify_all)
     assert kept == anchor
     assert not result.ok
     assert result.reason is Breakage.ANCHOR_MISMATCH
@@ -366,5 +375,5 @@ def test_a_malformed_event_committed_at_once_is_left_out_and_the_trail_goes_on(
 
 
 def test_verify_of_an_empty_trail_is_ok(db_path: Path) -> None:
-    result, anchor = with_db(db_path, audit.verify)
+    result, anchor = with_db(db_path, verify_all)
     assert result.ok and result.rows_checked == 0 and result.head == GENESIS and anchor is None

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agentctl.client import DaemonError
-from agentd.audit_chain import Anchor
+from agentd.audit.chain import Anchor
 from agentd.store.anchor import move_anchor
 from tests.conftest import DaemonProcess, wait_until
 from tests.test_ops_health import FAST_CHECKS, fill, tiny_fs

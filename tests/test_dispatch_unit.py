@@ -13,7 +13,10 @@ from typing import Any, TypeVar
 import pytest
 
 from agentd.access import AccessPolicy, Peer, Role
+from agentd.audit import rows as audit
+from agentd.audit.rows import AuditQuery
 from agentd.audit.settings import AuditSettings
+from agentd.audit.writer import AuditWriter
 from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.table import command_table
 from agentd.dispatch import Dispatcher
@@ -22,8 +25,6 @@ from agentd.protocol import Request
 from agentd.ratelimit import LimitSettings, RequestLimiter
 from agentd.refusals import RefusalAudit
 from agentd.secrets import Secret
-from agentd.store import audit
-from agentd.store.audit import AuditQuery, AuditWriter
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.telemetry.checks import Verdicts

@@ -233,7 +233,8 @@ def test_audit_verify_names_the_first_broken_row(
     daemon: DaemonProcess, sql: str, reason: str
 ) -> None:
     """1. The trail verifies (exit 0). 2. Stop; change row 4 behind the daemon's back.
-    3. Start; verify exits 1 and names seq 4."""
+    3. Start; verify --full exits 1 and names seq 4 (a plain verify starts after
+    the rows verified in step 1)."""
     list_sessions_many(daemon, 8)
     intact = daemon.agentctl("audit", "verify")
     assert intact.returncode == 0, intact.stdout
@@ -242,11 +243,11 @@ def test_audit_verify_names_the_first_broken_row(
     assert daemon.wait_exit() == 0
     tamper(daemon, sql)
     daemon.start()
-    broken = daemon.agentctl("audit", "verify")
+    broken = daemon.agentctl("audit", "verify", "--full")
     assert broken.returncode == 1
     assert "BROKEN at seq 4" in broken.stdout.decode()
     assert reason in broken.stdout.decode()
-    verdict = json.loads(daemon.agentctl("--json", "audit", "verify").stdout)
+    verdict = json.loads(daemon.agentctl("--json", "audit", "verify", "--full").stdout)
     assert verdict["ok"] is False and verdict["first_broken_seq"] == 4
 
 

@@ -14,10 +14,11 @@ from typing import Any, TypeVar
 import pytest
 
 from agentctl.client import DaemonError
+from agentd.audit import rows as audit
+from agentd.audit.rows import AuditQuery
+from agentd.audit.writer import AuditWriter
 from agentd.refusals import RefusalAudit
 from agentd.secrets import Secret
-from agentd.store import audit
-from agentd.store.audit import AuditQuery, AuditWriter
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
 from agentd.telemetry.metrics import Registry

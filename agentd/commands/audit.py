@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any, Final
 
 from agentd.access import Role
-from agentd.audit_chain import OUTCOMES, Anchor, VerifyResult
+from agentd.audit import rows as audit
+from agentd.audit.chain import OUTCOMES, Anchor
+from agentd.audit.verify import Verification, remember_verified, verify
 from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import epoch_or_none, optional, optional_or_none
 from agentd.errors import BadRequest, StoreError
 from agentd.governance.store import findings_for
 from agentd.runtime import Runtime
-from agentd.store import audit, messages, sessions
+from agentd.store import messages, sessions
 from agentd.store.database import Connection
 
 SPECS = CommandSet()
@@ -78,36 +81,56 @@ async def _query(runtime: Runtime, args: dict[str, Any], uid: int) -> audit.Audi
     )
 
 
-@command("audit_verify", role=Role.ADMIN, audit=Audit.ADMIN, when_not_ready=True)
+@command("audit_verify", role=Role.ADMIN, args=("full",), audit=Audit.ADMIN, when_not_ready=True)
 async def audit_verify(runtime: Runtime, call: Call) -> dict[str, Any]:
-    """Check the whole chain and the anchor file; names the first broken row or the gap."""
+    """Check the chain after the last verified row (all of it with `full`) and the
+    anchor file; names the first broken row or the gap. Runs on a reader thread of
+    its own, so chats are answered meanwhile."""
+    full = optional(call.args, "full", bool, False)
     await _flush(runtime)
+    abandoned = threading.Event()
     try:
-        result, anchor = await runtime.db.run(audit.verify, runtime.audit.anchored())
+        verdict = await runtime.db.run_reader(verify, runtime.audit.anchored(), full, abandoned)
+        if verdict.result.ok:
+            await runtime.db.run(remember_verified, verdict.result.head)
+    except asyncio.CancelledError:
+        abandoned.set()  # the reader thread stops at its next batch, not after a million rows
+        raise
     except StoreError as exc:
         # A page that fails its HMAC is damage too: report it, do not fail the request.
         return {
             "ok": False,
+            "full": full,
             "rows_checked": 0,
             "first_broken_seq": None,
             "reason": "unreadable",
             "detail": str(exc),
             "head": None,
             "anchor": None,
+            "start": None,
+            "checkpoint": None,
         }
-    return _verdict(result, anchor)
+    return _verdict(verdict)
 
 
-def _verdict(result: VerifyResult, anchor: Anchor | None) -> dict[str, Any]:
+def _verdict(verdict: Verification) -> dict[str, Any]:
+    result = verdict.result
     return {
         "ok": result.ok,
+        "full": verdict.full,
         "rows_checked": result.rows_checked,
         "first_broken_seq": result.first_broken_seq,
         "reason": str(result.reason) if result.reason is not None else None,
         "detail": result.detail,
-        "head": {"seq": result.head.seq, "hash": result.head.hash},
-        "anchor": {"seq": anchor.seq, "hash": anchor.hash} if anchor is not None else None,
+        "head": _point(result.head),
+        "anchor": _point(verdict.anchor),
+        "start": _point(verdict.start),
+        "checkpoint": _point(verdict.checkpoint),
     }
+
+
+def _point(anchor: Anchor | None) -> dict[str, Any] | None:
+    return {"seq": anchor.seq, "hash": anchor.hash} if anchor is not None else None
 
 
 async def _flush(runtime: Runtime) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agentd.audit_chain import GENESIS, Anchor
+from agentd.audit.chain import GENESIS, Anchor
 from agentd.maintenance import files
 from agentd.maintenance.checks import Contents, check_contents, verify_chain
 from agentd.maintenance.sqlcipher import copy_snapshot, open_keyed, translated

@@ -8,9 +8,10 @@ from typing import Any, Final
 
 import sqlcipher3
 
-from agentd.audit_chain import GENESIS, Anchor, Content, hash_content
+from agentd.audit import rows as audit
+from agentd.audit.chain import GENESIS, Anchor, Content, hash_content
+from agentd.audit.verify import verify
 from agentd.errors import MaintenanceError
-from agentd.store import audit
 from agentd.store.database import Connection
 
 _ROWS: Final = (
@@ -73,6 +74,9 @@ def verify_chain(conn: Connection, what: str, *, start: Anchor = GENESIS) -> Anc
     The fast path rebuilds each row's hash as the writer sealed it (hash_content: the
     STRICT table guarantees the types it trusts), ~10x faster than the canonical
     verifier, which names the first broken row when the fast path finds one."""
+    cut = audit.checkpoint(conn)  # audit retention pruned the rows up to here
+    if cut is not None and cut.seq > start.seq:
+        start = cut
     if not audit.anchor_holds(conn, start):
         _diagnose(conn, what)
     head = start
@@ -90,7 +94,7 @@ def verify_chain(conn: Connection, what: str, *, start: Anchor = GENESIS) -> Anc
 
 
 def _diagnose(conn: Connection, what: str) -> None:
-    result, _anchor = audit.verify(conn)
+    result = verify(conn, None, full=True).result
     detail = f"{result.reason}: {result.detail}" if not result.ok else "a row fails its hash"
     raise MaintenanceError(
         f"{what}: the audit chain is broken at seq {result.first_broken_seq} ({detail})"

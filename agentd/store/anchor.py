@@ -17,6 +17,10 @@ it), never lead it::
 --accept-rollback`): {"db_seq": H, "anchor_seq": S} means audit rows after H
 up to S were lost. It is kept in every later write, so `audit verify` keeps
 naming the gap until a deliberate restore moves the anchor (`move_anchor`).
+
+Audit retention (agentd/audit/retention.py) never prunes the head row, so the
+anchored row is always in the table, or, for an older anchor, at or before
+the checkpoint, where `rows.anchor_holds` accepts it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from agentd.audit_chain import Anchor, MalformedRow, checked_hash
+from agentd.audit.chain import Anchor, MalformedRow, checked_hash
 from agentd.errors import ConfigError
 from agentd.privatefile import open_private
 

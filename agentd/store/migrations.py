@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from agentd.audit.rows import m0002_audit, m0005_audit_owner
 from agentd.governance.store import m0006_governance
-from agentd.store.audit import m0002_audit, m0005_audit_owner
 from agentd.store.database import Connection, transaction
 
 logger = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ from agentd.telemetry.metrics import (
 )
 
 if TYPE_CHECKING:
-    from agentd.store.audit import AuditStatistics
+    from agentd.audit.writer import AuditStatistics
     from agentd.store.database import Database
 
 # What the error ratio counts: the daemon failing a request. A client's
