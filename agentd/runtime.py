@@ -22,6 +22,7 @@ from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
 from agentd.store.audit import AuditWriter
 from agentd.store.database import Database
+from agentd.store.imports import ImportStaging
 from agentd.telemetry.alerts import AlertBoard
 from agentd.telemetry.checks import GeminiKeyCheck
 from agentd.telemetry.health import HealthBoard
@@ -49,6 +50,7 @@ class Runtime:
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
     key_check: GeminiKeyCheck  # the cached result of provider.check_key()
     gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
+    imports: ImportStaging = field(default_factory=ImportStaging)  # imports under way
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     version: str = __version__
