@@ -310,11 +310,13 @@ def main() -> None:
 def _register_commands() -> None:
     """The conversation and operations commands live in their own modules, which build
     on the helpers above (so they are imported last)."""
-    from agentctl import budget, conversation, ops
+    from agentctl import budget, conversation, dataport, ops, search
 
     conversation.register(cli)
     ops.register(cli)
     budget.register(cli)
+    dataport.register(cli)
+    search.register(cli)
 
 
 _register_commands()
