@@ -30,6 +30,7 @@ BENCHES: Final = (
     "store_scale",
     "rate_limit",
     "secret_scan",
+    "export_search",
 )
 
 
