@@ -65,11 +65,16 @@ def run(quick: bool) -> BenchResult:
                 bare_export = timed(exports, lambda: bare_jsonl(conn))
             with Client(workdir.socket, timeout=300) as client:
                 ours_search = timed(searches, lambda: client.call("search", {"query": TERM, "all": True, "limit": 20}))
+                own_search = timed(searches, lambda: client.call("search", {"query": TERM, "limit": 20}))
+                round_trip = timed(searches, lambda: client.call("session_use", {"session": "s-bench00000000000"}))
                 ours_export = timed(exports, lambda: export_jsonl(client))
             process = agentctl_export(env)
             daemon.stop()
     result.add(Figure(f"search, {total:,} messages (median of {searches})", median(ours_search) * 1000, "ms",
                       "bare FTS5 query", median(bare_search) * 1000, (at_most(2, "ratio"),)))
+    result.add(Figure("search, the caller's own sessions (no target)", median(own_search) * 1000, "ms",
+                      "bare FTS5 query", median(bare_search) * 1000))
+    result.add(Figure("a request on the store thread (session_use), for scale", median(round_trip) * 1000, "ms"))
     own = total * OWN_SESSIONS // SESSIONS
     result.add(Figure(f"export, {own:,} messages (median of {exports})", median(ours_export) * 1000, "ms",
                       "bare SELECT as JSON lines", median(bare_export) * 1000, (at_most(2, "ratio"),)))

@@ -103,8 +103,35 @@ def search(conn: Connection, query: Query) -> list[Hit]:
     # Markers no message can hold by chance: the snippet is split on them.
     nonce = secrets.token_hex(8)
     start, end = f"\x1e{nonce}[", f"]{nonce}\x1e"
+    sql, params = _statement(query)
+    try:
+        rows = conn.execute(sql, (start, end, *params)).fetchall()
+    except sqlcipher3.OperationalError as exc:
+        if getattr(exc, "sqlite_errorcode", SQLITE_ERROR) & 0xFF != SQLITE_ERROR:
+            raise  # I/O, a full disk, corruption: the store's failure, not the query's
+        raise BadRequest(f"the search query is not valid FTS5 syntax ({exc})") from None
+    return [_hit(row, start, end) for row in rows]
+
+
+_SNIPPET: Final = f"snippet(messages_fts, 0, ?, ?, '…', {SNIPPET_TOKENS})"
+_HIT_COLUMNS: Final = "m.id, m.session_id, s.name, s.owner_uid, m.role, m.created_at"
+
+# Everyone's messages: FTS5 alone ranks and limits (it consumes ORDER BY rank
+# LIMIT), so snippets are made and rows read for the results only. Joined
+# first, every match would read its message's page (decrypted) to be sorted.
+_ALL_SQL: Final = (
+    f"SELECT {_HIT_COLUMNS}, f.snip FROM (SELECT rowid AS id, {_SNIPPET} AS snip, rank "
+    "FROM messages_fts WHERE messages_fts MATCH ? ORDER BY rank LIMIT ?) f "
+    "JOIN messages m ON m.id = f.id JOIN sessions s ON s.id = m.session_id ORDER BY f.rank"
+)
+
+
+def _statement(query: Query) -> tuple[str, list[Any]]:
+    """The SQL for `query` and its parameters after the two snippet markers."""
+    if query.owner_uid is None and query.session_id is None:
+        return _ALL_SQL, [query.match, query.limit]
     where = "messages_fts MATCH ?"
-    params: list[Any] = [start, end, query.match]
+    params: list[Any] = [query.match]
     if query.owner_uid is not None:
         where += " AND s.owner_uid = ?"
         params.append(query.owner_uid)
@@ -112,19 +139,11 @@ def search(conn: Connection, query: Query) -> list[Hit]:
         where += " AND m.session_id = ?"
         params.append(query.session_id)
     sql = (
-        "SELECT m.id, m.session_id, s.name, s.owner_uid, m.role, m.created_at, "
-        f"snippet(messages_fts, 0, ?, ?, '…', {SNIPPET_TOKENS}) "
-        "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
-        f"JOIN sessions s ON s.id = m.session_id WHERE {where} "
-        "ORDER BY messages_fts.rank LIMIT ?"
+        f"SELECT {_HIT_COLUMNS}, {_SNIPPET} FROM messages_fts "
+        "JOIN messages m ON m.id = messages_fts.rowid JOIN sessions s ON s.id = m.session_id "
+        f"WHERE {where} ORDER BY messages_fts.rank LIMIT ?"
     )
-    try:
-        rows = conn.execute(sql, (*params, query.limit)).fetchall()
-    except sqlcipher3.OperationalError as exc:
-        if getattr(exc, "sqlite_errorcode", SQLITE_ERROR) & 0xFF != SQLITE_ERROR:
-            raise  # I/O, a full disk, corruption: the store's failure, not the query's
-        raise BadRequest(f"the search query is not valid FTS5 syntax ({exc})") from None
-    return [_hit(row, start, end) for row in rows]
+    return sql, [*params, query.limit]
 
 
 def _hit(row: tuple[Any, ...], start: str, end: str) -> Hit:
