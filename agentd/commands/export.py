@@ -14,11 +14,12 @@ from typing import Any, Final
 from agentd.access import Role
 from agentd.commands import Call, Emit, command
 from agentd.commands.args import optional, required
-from agentd.errors import BadRequest, Forbidden, NotFound
-from agentd.ownership import ALL_USERS, note_owner, owner_for, owner_uid_var
+from agentd.commands.chat import find_session
+from agentd.errors import BadRequest, Forbidden
+from agentd.ownership import ALL_USERS, note_owner, owner_uid_var
 from agentd.runtime import Runtime
 from agentd.store import export as store_export
-from agentd.store import imports, sessions
+from agentd.store import imports
 from agentd.store.database import Database
 from agentd.store.messages import StoredTurn
 from agentd.store.sessions import Session
@@ -106,17 +107,6 @@ async def _named(runtime: Runtime, call: Call, refs: list[str]) -> list[Session]
     if len(owners) > 1:
         owner_uid_var.set(ALL_USERS)  # several other users' data in one request
     return list({session.id: session for session in found}.values())
-
-
-async def find_session(runtime: Runtime, call: Call, ref: str) -> Session:
-    """The caller's session `ref` (admins: anyone's by id, audited with its owner);
-    NOT_FOUND for another user's, as for one that does not exist."""
-    owner = owner_for(call.peer, runtime.access.role_of(call.peer))
-    session = await runtime.db.run(sessions.find, ref, owner)
-    if session is None:
-        raise NotFound(f"no session {ref!r}; `agentctl sessions` lists them")
-    note_owner(call.peer, session.owner_uid)
-    return session
 
 
 # -- import ---------------------------------------------------------------------------------

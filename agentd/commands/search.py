@@ -7,7 +7,7 @@ from typing import Any, Final
 from agentd.access import Role
 from agentd.commands import Call, command
 from agentd.commands.args import optional, optional_or_none, required
-from agentd.commands.export import find_session
+from agentd.commands.chat import find_session
 from agentd.errors import Forbidden
 from agentd.ownership import ALL_USERS, note_owner
 from agentd.runtime import Runtime
