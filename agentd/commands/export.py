@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any, Final
 
 from agentd.access import Role
+from agentd.chat import validate_system_prompt
 from agentd.commands import Call, Emit, command
 from agentd.commands.args import optional, required
 from agentd.commands.chat import find_session
@@ -112,6 +113,18 @@ async def _named(runtime: Runtime, call: Call, refs: list[str]) -> list[Session]
 # -- import ---------------------------------------------------------------------------------
 
 
+def _check_prompt(runtime: Runtime, ref: str, prompt: str) -> None:
+    """An imported system prompt is held to the limits of one set by `session_prompt`."""
+    try:
+        validate_system_prompt(
+            prompt,
+            runtime.config.chat.max_system_prompt_bytes,
+            runtime.config.gemini.context_token_budget,
+        )
+    except BadRequest as exc:
+        raise BadRequest(f"session {ref!r}: {exc.message}") from None
+
+
 @command("import_begin", role=Role.CHAT)
 async def import_begin(runtime: Runtime, call: Call) -> dict[str, Any]:
     import_id = runtime.imports.begin(call.peer.uid, imports.MAX_IMPORT_BYTES)
@@ -129,6 +142,9 @@ async def import_data(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("import_commit", role=Role.CHAT, args=("import_id",))
 async def import_commit(runtime: Runtime, call: Call) -> dict[str, Any]:
     staged = runtime.imports.finish(call.peer.uid, required(call.args, "import_id", str))
+    for session in staged:
+        if session.system_prompt is not None:
+            _check_prompt(runtime, session.ref, session.system_prompt)
     created = await runtime.db.run_checked(imports.write_imported, call.peer.uid, staged)
     # Only new sessions were written: no cached context of an existing session is stale.
     return {"sessions": created, "messages": sum(item["messages"] for item in created)}
