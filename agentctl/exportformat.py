@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import IO, Any
 
-from agentctl.output import for_terminal, visible
+from agentctl.output import visible, visible_body
 
 FORMAT = "agentd-export"
 VERSION = 1
@@ -73,7 +73,7 @@ class Markdown:
         return visible(text) if self._terminal else text
 
     def _body(self, text: str) -> str:
-        return for_terminal(text, _Tty()) if self._terminal else text
+        return visible_body(text) if self._terminal else text
 
     def start(self) -> None:
         self._write(f"<!-- agentd export, {_when(time.time())} -->\n")
@@ -90,11 +90,6 @@ class Markdown:
         status = "" if m["status"] in ("answered", "complete") else f" [{self._name(m['status'])}]"
         self._write(f"\n## {who} · {_when(m['created_at'])}{status}\n\n")
         self._write(self._body(m["content"]) + "\n")
-
-
-class _Tty:
-    def isatty(self) -> bool:
-        return True
 
 
 def _when(epoch: float) -> str:
