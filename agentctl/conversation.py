@@ -36,9 +36,7 @@ FRAME_ROOM = 4096  # what a chat request holds beside the prompt (names, system 
 @click.option(
     "--no-stream", is_flag=True, help="Print the answer once complete instead of as it arrives."
 )
-@click.option(
-    "--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role)."
-)
+@click.option("--model", metavar="NAME", help="Ask this model (if [model_policy] allows your role).")
 @click.option(
     "--allow-secrets",
     is_flag=True,
