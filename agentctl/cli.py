@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agentctl import backup, budget, conversation, exits, ops
+from agentctl import backup, budget, conversation, dataport, exits, ops, search
 from agentctl.client import ConnectionLost, DaemonError, NotRunning, PermissionRefused
 from agentctl.context import Options, describe, fail, json_option, options, show
 from agentctl.output import (
@@ -240,3 +240,5 @@ conversation.register(cli)
 ops.register(cli)
 budget.register(cli)
 backup.register(cli)
+dataport.register(cli)
+search.register(cli)

@@ -26,6 +26,7 @@ from agentd.paths import Paths
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
 from agentd.store.database import Database
+from agentd.store.imports import ImportStaging
 from agentd.telemetry.alerts import AlertBoard
 from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard
@@ -53,6 +54,7 @@ class Runtime:
     limiter: RequestLimiter  # cheap commands in dispatch; chat calls try_acquire/check
     gemini_health: GeminiHealth  # the one owner of the gemini verdict and its ERROR
     gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
+    imports: ImportStaging = field(default_factory=ImportStaging)  # imports under way
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     version: str = __version__

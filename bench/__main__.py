@@ -32,6 +32,7 @@ BENCHES: Final = (
     "secret_scan",
     "backup",
     "audit_verify",
+    "export_search",
 )
 
 

@@ -1,6 +1,6 @@
 """chat, sessions, session_*: the conversation commands (history is in history.py).
 
-Every session lookup goes through `_find`, which asks the store for the
+Every session lookup goes through `find_session`, which asks the store for the
 peer's own sessions (admins: any by id), so another user's session is
 NOT_FOUND whatever the command. Each uid has its own current session.
 """
@@ -93,7 +93,7 @@ async def _session_for_chat(runtime: Runtime, call: Call) -> Session:
         raise BadRequest("session_name and system_prompt go with new_session")
     ref = optional_or_none(call.args, "session", str)
     if ref is not None:
-        return await _find(runtime, call, ref)
+        return await find_session(runtime, call, ref)
     return await _current_or_new(runtime, call)
 
 
@@ -137,7 +137,7 @@ async def _check_name(runtime: Runtime, owner_uid: int, name: str | None) -> Non
             raise BadRequest(f"a session named {name!r} exists already")
 
 
-async def _find(runtime: Runtime, call: Call, ref: str) -> Session:
+async def find_session(runtime: Runtime, call: Call, ref: str) -> Session:
     """The peer's session `ref` (admins: anyone's by id); NOT_FOUND for anything else,
     another user's session included, so a peer cannot learn that it exists."""
     owner = owner_for(call.peer, runtime.access.role_of(call.peer))
@@ -152,7 +152,7 @@ async def find_or_current(runtime: Runtime, call: Call) -> Session:
     ref = optional_or_none(call.args, "session", str) or runtime.current.get(call.peer.uid)
     if ref is None:
         raise NotFound("you have no current session yet; `agentctl chat` starts one")
-    return await _find(runtime, call, ref)
+    return await find_session(runtime, call, ref)
 
 
 @command("sessions", role=Role.CHAT, audit=Audit.READ, args=("limit", "all", "user"))
@@ -216,7 +216,7 @@ async def session_new(runtime: Runtime, call: Call) -> dict[str, Any]:
 
 @command("session_use", role=Role.CHAT, audit=Audit.CHANGE, args=("session",))
 async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
-    session = await _find(runtime, call, required(call.args, "session", str))
+    session = await find_session(runtime, call, required(call.args, "session", str))
     await runtime.current.set(call.peer.uid, session.id)
     return {"session": session.as_dict()}
 
@@ -224,7 +224,7 @@ async def session_use(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("session_rename", role=Role.CHAT, audit=Audit.CHANGE, args=("session", "name"))
 async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Name one of the peer's sessions (admins: anyone's); no name removes it."""
-    session = await _find(runtime, call, required(call.args, "session", str))
+    session = await find_session(runtime, call, required(call.args, "session", str))
     name = optional_or_none(call.args, "name", str)
     if name != session.name:
         await _check_name(runtime, session.owner_uid, name)
@@ -236,7 +236,7 @@ async def session_rename(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("session_prompt", role=Role.CHAT, audit=Audit.CHANGE, args=("session", "system_prompt"))
 async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Set or (none given) remove the system prompt of one of the peer's sessions."""
-    session = await _find(runtime, call, required(call.args, "session", str))
+    session = await find_session(runtime, call, required(call.args, "session", str))
     prompt = optional_or_none(call.args, "system_prompt", str)
     _check_system_prompt(runtime, prompt)
     changed = dataclasses.replace(session, system_prompt=prompt)
@@ -247,7 +247,7 @@ async def session_prompt(runtime: Runtime, call: Call) -> dict[str, Any]:
 @command("session_delete", role=Role.CHAT, audit=Audit.CHANGE, args=("session",))
 async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
     """Delete one of the peer's sessions (admins: anyone's) with its messages."""
-    session = await _find(runtime, call, required(call.args, "session", str))
+    session = await find_session(runtime, call, required(call.args, "session", str))
     call.facts.session_id = session.id
     was_current = runtime.current.get(call.peer.uid) == session.id
     await runtime.db.run(sessions.delete, session)

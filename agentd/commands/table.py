@@ -15,9 +15,11 @@ from agentd.commands import (
     backup,
     budget,
     chat,
+    export,
     history,
     logs,
     metrics,
+    search,
     status,
     stop,
 )
@@ -32,6 +34,8 @@ DECLARED: tuple[CommandSet, ...] = (
     history.SPECS,
     budget.SPECS,
     backup.SPECS,
+    export.SPECS,
+    search.SPECS,
 )
 
 

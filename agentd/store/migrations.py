@@ -14,6 +14,7 @@ from typing import Final
 from agentd.audit.rows import m0002_audit, m0005_audit_owner
 from agentd.governance.store import m0006_governance
 from agentd.store.database import Connection, transaction
+from agentd.store.search import m0007_search
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0004_session_owner", m0004_session_owner),
     ("0005_audit_owner", m0005_audit_owner),
     ("0006_governance", m0006_governance),
+    ("0007_search", m0007_search),
 ]
 
 
