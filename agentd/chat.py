@@ -28,6 +28,7 @@ from agentd.lifecycle import Lifecycle
 from agentd.limits import AdmissionQueue
 from agentd.providers import (
     Answer,
+    AnswerStatus,
     GenerationRequest,
     OnChunk,
     OnWait,
@@ -40,6 +41,7 @@ from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import CHAT, RequestLimiter
 from agentd.store import messages
 from agentd.store.database import Database
+from agentd.store.recent import Exchange
 from agentd.store.sessions import Session
 from agentd.telemetry.instruments import Instruments
 
@@ -190,23 +192,26 @@ class ChatPipeline:
         screened: Screened,
     ) -> ChatReply:
         started = time.monotonic()
-        # run_checked: refused (STORE_UNAVAILABLE) if the database files were replaced.
-        user_turn = await self._db.run_checked(
-            messages.record_user_turn, session.id, request_id, prompt
-        )
+        # A group commit, checked: refused (STORE_UNAVAILABLE) if the database
+        # files were replaced; returns once the turn is committed.
+        user_turn = await self._db.write(messages.record_user_turn, session.id, request_id, prompt)
         try:
             request, left_out = await self._build_request(session, request_id, prompt)
             request = self._gate.apply(request, screened)  # redacted; model and cap per role
             asked = time.monotonic()
             answer = await self._provider.generate(request, on_chunk, on_wait=on_wait)
             self._metrics.observe_provider(time.monotonic() - asked)
-            await self._db.run_checked(
-                messages.record_model_turn, session.id, request_id, user_turn, _model_turn(answer)
+            model_turn = _model_turn(answer)
+            answer_id = await self._db.write(
+                messages.record_model_turn, session.id, request_id, user_turn, model_turn
             )
         except BaseException:
             # Cancelled (client gone, shutdown) or failed: the prompt stays, marked interrupted.
+            self._db.recent.forget(session.id)
             await asyncio.shield(self._db.run(messages.mark_interrupted, user_turn))
             raise
+        if model_turn.status == AnswerStatus.COMPLETE:
+            self._db.recent.added(session.id, Exchange(answer_id, prompt, model_turn.content))
         budget_warning = await self._gate.settle(screened, answer)
         latency_ms = (time.monotonic() - started) * 1000
         logger.info(
@@ -245,11 +250,18 @@ class ChatPipeline:
     async def _build_request(
         self, session: Session, request_id: str, prompt: str
     ) -> tuple[GenerationRequest, int]:
-        stored = await self._db.run(
-            messages.context_turns, session.id, self._settings.history_max_turns
-        )
+        limit = self._settings.history_max_turns
+        stored = self._db.recent.lookup(session.id, limit)
+        if stored is None:
+            token = self._db.recent.reserve(session.id)
+            # Read in the write queue, so after every write queued before it
+            # (one of a chat that was cancelled, whose exchange `added` never saw).
+            stored = await self._db.write(messages.context_exchanges, session.id, limit)
+            self._db.recent.fill(token, session.id, stored, limit)
         system_prompt = session.system_prompt or self._gemini.system_prompt
-        turns = [Turn(role, text) for role, text in stored] + [Turn("user", prompt)]  # type: ignore[arg-type]
+        turns = [
+            turn for e in stored for turn in (Turn("user", e.user_text), Turn("model", e.model_text))
+        ] + [Turn("user", prompt)]
         fitted = fit_history(turns, self._gemini.context_token_budget, system_prompt)
         request = GenerationRequest(
             request_id=request_id,

@@ -8,7 +8,7 @@ and interleaved round by round (so a noisy moment hits all of them alike):
     minimal click client           bench/programs/click_status.py: THE FLOOR
     agentctl status                the console script users run
 
-Target: agentctl ≤ 1.25x the minimal click client. Also reported against the
+Target: agentctl ≤ 1.10x the minimal click client. Also reported against the
 interpreter. ``-X importtime`` of both clients names what agentctl imports
 beyond the floor.
 """
@@ -61,7 +61,7 @@ def run(quick: bool) -> BenchResult:
         daemon.stop()
     med = {name: median(values) for name, values in times.items()}
     result.add(Figure(f"agentctl status (median of {rounds})", med[AGENTCTL_STATUS], "ms",
-                      FLOOR, med[FLOOR], (at_most(1.25, "ratio"),)))
+                      FLOOR, med[FLOOR], (at_most(1.10, "ratio"),)))
     result.add(Figure("agentctl status", med[AGENTCTL_STATUS], "ms", INTERPRETER, med[INTERPRETER]))
     result.add(Figure(FLOOR, med[FLOOR], "ms", INTERPRETER, med[INTERPRETER]))
     result.add(Figure(RAW + " client", med[RAW], "ms", INTERPRETER, med[INTERPRETER]))

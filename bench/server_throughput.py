@@ -2,15 +2,16 @@
 
     load generator (own process, asyncio protocols, 32 connections, closed loop)
         ├──▶ agentd                    the daemon, rate limits off
-        ├──▶ bench/floor_server.py     minimal asyncio server, same framing: THE FLOOR
-        └──▶ the same, on uvloop       for information: agentd runs on uvloop
+        ├──▶ bench/floor_server.py --uvloop   minimal server on agentd's loop: THE FLOOR
+        └──▶ the same, standard asyncio loop  for information (the earlier floor)
 
 The same load generator drives both, alternately, for the same time after the
 same warm-up; each side gets ``rounds`` turns and its best one is reported (a
-noisy neighbour only ever slows a turn down). Targets: ≥ 20,000 req/s,
-p99 ≤ 5 ms, and ≥ 0.4 of the floor's requests/s. The floor is the issue's:
-the standard asyncio loop. agentd runs on uvloop, so the same floor on uvloop
-is measured too and reported beside it, without a target. CPU used by the
+noisy neighbour only ever slows a turn down). Targets (issue 13, ratios in
+one run): ≥ 0.5 of the floor's requests/s and p99 ≤ 3x the floor's p99. The
+floor runs on uvloop, the loop agentd runs on, and answers agentd's own status
+reply; the same floor on the standard asyncio loop is reported beside it,
+without a target. CPU used by the
 server and by the load generator during the turn shows which one was saturated.
 """
 
@@ -32,7 +33,8 @@ from bench.report import BenchResult, Figure, at_least, at_most
 
 SUMMARY = "32 clients on persistent connections sending status: req/s and p99 vs a minimal server"
 CONNECTIONS = 32
-P99_TARGET_MS = 5.0
+RATE_RATIO = 0.5  # agentd's req/s over the uvloop floor's, at least
+P99_RATIO = 3.0  # agentd's p99 over the uvloop floor's, at most
 
 
 def run(quick: bool) -> BenchResult:
@@ -58,14 +60,15 @@ def run(quick: bool) -> BenchResult:
                 turns["floor_uvloop"].append(turn(uv_socket, uv_floor.pid, duration, warmup))
         daemon.stop()
     ours, base, uv_base = best(turns["agentd"]), best(turns["floor"]), best(turns["floor_uvloop"])
+    floor_name = "minimal server on uvloop"
     result.add(Figure(f"agentd status, {CONNECTIONS} connections", ours["rate"], "req/s",
-                      "minimal asyncio server", base["rate"], (at_least(20_000), at_least(0.4, "ratio"))))
-    result.add(Figure("agentd status vs the floor on uvloop", ours["rate"], "req/s",
-                      "minimal server on uvloop", uv_base["rate"]))
+                      floor_name, uv_base["rate"], (at_least(RATE_RATIO, "ratio"),)))
+    result.add(Figure("agentd status vs the floor on asyncio", ours["rate"], "req/s",
+                      "minimal asyncio server", base["rate"]))
     result.add(Figure("agentd p50 latency", ours["latency_ms"]["p50"], "ms",
-                      "minimal asyncio server", base["latency_ms"]["p50"]))
+                      floor_name, uv_base["latency_ms"]["p50"]))
     result.add(Figure("agentd p99 latency", ours["latency_ms"]["p99"], "ms",
-                      "minimal asyncio server", base["latency_ms"]["p99"], (at_most(P99_TARGET_MS),)))
+                      floor_name, uv_base["latency_ms"]["p99"], (at_most(P99_RATIO, "ratio"),)))
     result.info = {"connections": CONNECTIONS, "duration_s": duration, "warmup_s": warmup,
                    "rounds": rounds, "limits": limits_note, "turns": turns}
     result.notes += [
@@ -78,12 +81,12 @@ def run(quick: bool) -> BenchResult:
         f"{uv_base['server_cpu_share']:.0%}, its load generator {uv_base['client_cpu_share']:.0%} "
         "(100% = one core)",
     ]
-    needed = rate_for_p99(base, P99_TARGET_MS)
+    needed = rate_for_p99(ours, P99_RATIO * uv_base["latency_ms"]["p99"])
     result.info["rate_for_p99_target"] = needed
     result.notes.append(
-        f"closed loop, so mean latency = {CONNECTIONS} / rate (Little's law): with the floor's "
-        f"tail shape (p99 = {tail_shape(base):.2f}x mean) p99 <= {P99_TARGET_MS:g} ms needs "
-        f">= {needed:,.0f} req/s; agentd's own p99 is {tail_shape(ours):.2f}x its mean"
+        f"closed loop, so mean latency = {CONNECTIONS} / rate (Little's law): with agentd's own "
+        f"tail shape (p99 = {tail_shape(ours):.2f}x mean; the floor's {tail_shape(uv_base):.2f}x) "
+        f"p99 <= {P99_RATIO:g}x the floor's needs >= {needed:,.0f} req/s"
     )
     if any(t["errors"] for side in turns.values() for t in side):
         result.notes.append(f"error replies seen: {[t['errors'] for t in turns['agentd']]}")

@@ -8,9 +8,10 @@ Each round, interleaved (a noisy moment hits every variant alike)::
     agentd, restart           the same, now existing, empty store (what systemd restarts see)
     agentd, restart + key     GEMINI_API_KEY set: google-genai must load only after READY
 
-Targets: READY ≤ 300 ms (median); idle RSS ≤ 60 MB, without a key and with one
-after the SDK warmed up. RSS floors are idle processes that import the same
-libraries (and, for the key case, build a google-genai client). Whether
+Targets (issue 13): READY ≤ 200 ms (median) on an empty store, first start
+and restarts; idle RSS without a key ≤ 60 MB; idle RSS with a key, the SDK
+warmed up, ≤ 1.12x its floor. RSS floors are idle processes that import the
+same libraries (and, for the key case, build a google-genai client). Whether
 google.genai is imported before READY is checked with ``-X importtime``: its
 import lines must come after the daemon's "ready on" log line.
 """
@@ -53,6 +54,9 @@ RSS_FLOOR_GENAI = (
     "client.aio\n" + _IDLE.replace("; ", "\n")
 )
 
+READY_EMPTY_MS = 200.0  # READY on an empty store, median
+RSS_KEY_RATIO = 1.12  # idle RSS with a warm SDK over python + libs + one genai client
+
 
 def run(quick: bool) -> BenchResult:
     rounds = 5 if quick else 12
@@ -64,14 +68,14 @@ def run(quick: bool) -> BenchResult:
     med = {name: median(values) * 1000 for name, values in times.items()}
     for name in (FIRST, RESTART, WITH_KEY):
         result.add(Figure(f"READY, {name} (median of {rounds})", med[name], "ms", INTERPRETER,
-                          med[INTERPRETER], (at_most(300),)))
+                          med[INTERPRETER], (at_most(READY_EMPTY_MS),)))
     result.add(Figure(f"READY, {RESTART}", med[RESTART], "ms", "imports floor", med[IMPORTS]))
     result.add(Figure("READY with key vs without", med[WITH_KEY], "ms", "restart without key",
                       med[RESTART]))
     result.add(Figure("idle RSS, no key", rss["no_key"], "MB", "idle python + same libs",
                       rss["floor"], (at_most(60),)))
     result.add(Figure("idle RSS, key, SDK warmed up", rss["key"], "MB",
-                      "idle python + libs + genai client", rss["floor_genai"], (at_most(60),)))
+                      "idle python + libs + genai client", rss["floor_genai"], (at_most(RSS_KEY_RATIO, "ratio"),)))
     result.info = {
         "rounds": rounds, "ready_ms": {n: spread([v * 1000 for v in vs]) for n, vs in times.items()},
         "rss_mb": rss, "google_genai_imported_before_ready": genai_before_ready,

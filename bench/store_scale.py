@@ -4,7 +4,7 @@
     2. build            5,000 real chats through the daemon against the instant
                         fake Gemini (32 connections, each chat a new one-turn
                         session) = 10,000 messages, durable as always
-    3. 10k messages     restarts: READY=1 times; target median ≤ 400 ms
+    3. 10k messages     restarts: READY=1 times; target median ≤ 300 ms
     4. RSS              a fresh daemon (key, SDK warmed up, idle: the floor),
                         then 10,000 chats (target ≤ 90 MB), then 40,000 more
                         (target: growth ≤ 5 MB), RSS sampled after each chunk
@@ -65,7 +65,7 @@ def run(quick: bool) -> BenchResult:
         rss = rss_over_chats(workdir, chat_env, counts)
         final = ready_times(workdir, plain, max(3, counts.ready_runs // 2))
     result.add(Figure(f"READY, {messages:,}-message store (median of {counts.ready_runs})",
-                      median(full) * 1000, "ms", "empty store", median(empty) * 1000, (at_most(400),)))
+                      median(full) * 1000, "ms", "empty store", median(empty) * 1000, (at_most(300),)))
     total_messages = messages + 2 * (counts.first_chats + counts.more_chats)
     result.add(Figure(f"READY, ~{total_messages:,}-message store", median(final) * 1000, "ms",
                       "empty store", median(empty) * 1000))

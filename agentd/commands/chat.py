@@ -251,6 +251,7 @@ async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
     call.facts.session_id = session.id
     was_current = runtime.current.get(call.peer.uid) == session.id
     await runtime.db.run(sessions.delete, session)
+    runtime.db.recent.forget(session.id)  # its cached context turns (agentd/store/recent.py)
     await runtime.current.forget_session(session.id)
     if was_current:
         replacement = await runtime.db.run(sessions.create, call.peer.uid, None, None)

@@ -12,6 +12,13 @@ keeps writing to a file deleted or replaced under it, and those writes are
 gone at the next start; once that is seen, every checked write fails with
 StoreUnavailable until agentd is restarted.
 
+Writes many callers make at once (chat turns, budget charges) go through
+`Database.write`, a group commit: jobs queued while a batch is being committed
+run together in the next one, in one transaction (one fsync), each inside its
+own SAVEPOINT so a failing job rolls back alone. Each caller's future is
+resolved only after that COMMIT and the file check: acknowledged still means
+committed. `transaction()` inside a job joins the batch's transaction.
+
 Data model (see migrations.py for the exact schema)::
 
     sessions  id, owner_uid, name (unique per owner), created_at, last_used_at, system_prompt, turns
@@ -31,12 +38,13 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Final, ParamSpec, TypeVar
+from typing import Any, Final, NamedTuple, ParamSpec, TypeVar
 
 import sqlcipher3
 
 from agentd.errors import ConfigError, DiskFull, StoreError, StoreUnavailable, WrongKeyError
 from agentd.secrets import Secret
+from agentd.store.recent import RecentTurns
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +81,11 @@ class Database:
         self._conn: Connection | None = None
         self._files: dict[Path, FileId] = {}  # what we opened, by path
         self._lost: str | None = None  # why checked writes are refused, once they are
+        # Recent exchanges per session for chat contexts (a read cache of the
+        # messages table): whoever changes a session's messages forgets it there.
+        self.recent = RecentTurns()
+        self._queued: list[_WriteJob] = []  # write() jobs for the next batch (loop side)
+        self._committer: asyncio.Task[None] | None = None
 
     @property
     def key(self) -> Secret:
@@ -137,6 +150,36 @@ class Database:
         finally:
             conn.close()
 
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(conn, *args) in the next group commit; returns once it is committed.
+
+        Checked as `run_checked` is. fn must not commit on its own: `transaction()`
+        inside it joins the batch. A cancelled caller does not cancel its job:
+        what was queued is committed (the caller just never hears of it).
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append(_WriteJob(fn, args, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_queued())
+        return await future  # type: ignore[no-any-return]
+
+    async def _commit_queued(self) -> None:
+        """Commit queued jobs, one batch at a time, until none is left."""
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                outcomes = await self._submit(self._commit_batch, [(j.fn, j.args) for j in batch])
+            except BaseException as exc:  # the batch as a whole failed: so did every job
+                for job in batch:
+                    _settle(job.future, exc, None)
+                if isinstance(exc, StoreUnavailable) and self._on_lost is not None:
+                    self._on_lost(exc.message)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for job, (error, value) in zip(batch, outcomes, strict=True):
+                _settle(job.future, error, value)
+
     async def _submit(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("the store is closed")
@@ -152,12 +195,23 @@ class Database:
         try:
             return fn(conn, *args)
         except sqlcipher3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
-                raise DiskFull(
-                    f"the disk holding the database is full ({self.path.parent}): "
-                    "free some space; agentd recovers on its own"
-                ) from exc
-            raise StoreError(f"{exc.__class__.__name__}: {exc}") from exc
+            raise self._store_error(exc) from exc
+
+    def _store_error(self, exc: sqlcipher3.Error) -> StoreError:
+        if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL:
+            return DiskFull(
+                f"the disk holding the database is full ({self.path.parent}): "
+                "free some space; agentd recovers on its own"
+            )
+        return StoreError(f"{exc.__class__.__name__}: {exc}")
+
+    def _commit_batch(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[_Outcome]:
+        """One transaction for `jobs`, each in its own savepoint; then the file check."""
+        if self._lost is not None:
+            raise StoreUnavailable(self._lost)
+        outcomes = self._call(_run_jobs, jobs, self._store_error)
+        self._check_files()
+        return outcomes
 
     def _call_checked(self, fn: Callable[..., T], *args: Any) -> T:
         if self._lost is not None:
@@ -224,6 +278,51 @@ class Database:
             self._conn = None
 
 
+_Outcome = tuple[BaseException | None, Any]  # (the job's error, or None; its value)
+
+
+class _WriteJob(NamedTuple):
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future[Any]
+
+
+def _run_jobs(
+    conn: Connection,
+    jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]],
+    translated: Callable[[sqlcipher3.Error], StoreError],
+) -> list[_Outcome]:
+    """Run each job in a savepoint of one transaction; a failed job is rolled back
+    alone and reported as its outcome. An error of the COMMIT fails them all."""
+    outcomes: list[_Outcome] = []
+    with transaction(conn):
+        for fn, args in jobs:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = fn(conn, *args)
+            except Exception as exc:  # this job's failure is its caller's, not the batch's
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                error = translated(exc) if isinstance(exc, sqlcipher3.Error) else exc
+                outcomes.append((error, None))
+                continue
+            conn.execute("RELEASE job")
+            outcomes.append((None, value))
+    return outcomes
+
+
+def _settle(future: asyncio.Future[Any], error: BaseException | None, value: Any) -> None:
+    """Resolve a write's future unless its caller is gone (cancelled)."""
+    if future.done():
+        return
+    if isinstance(error, asyncio.CancelledError):  # the committer was cancelled (shutdown)
+        future.cancel()
+    elif error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)
+
+
 def wal_path(path: Path) -> Path:
     return path.with_name(path.name + "-wal")
 
@@ -281,7 +380,13 @@ def refuse_plaintext(path: Path) -> None:
 
 @contextlib.contextmanager
 def transaction(conn: Connection) -> Iterator[Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
+
+    Inside a transaction already (a `Database.write` batch), it joins it: the
+    batch commits, and rolls back the job's savepoint if the job raises."""
+    if conn.in_transaction:
+        yield conn
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn

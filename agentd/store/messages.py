@@ -6,6 +6,9 @@ crash never loses what a user sent; the answer is committed before the reply.
     model turn status:  complete | incomplete | truncated | empty | blocked | degraded
                         (agentd.providers.AnswerStatus; only complete turns go
                         back to the model as context)
+
+The writes take no commit of their own when called inside a `Database.write`
+batch (group commit): `transaction()` joins it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentd.store.database import Connection, transaction
+from agentd.store.recent import Exchange
 
 PENDING = "pending"
 ANSWERED = "answered"
@@ -71,11 +75,12 @@ def record_user_turn(conn: Connection, session_id: str, request_id: str, content
 
 def record_model_turn(
     conn: Connection, session_id: str, request_id: str, user_turn_id: int, turn: ModelTurn
-) -> None:
-    """The answer, the user turn's new status and the session's count, in one transaction."""
+) -> int:
+    """The answer, the user turn's new status and the session's count, in one
+    transaction; returns the answer's message id."""
     now = time.time()
     with transaction(conn):
-        conn.execute(
+        cursor = conn.execute(
             "INSERT INTO messages (session_id, request_id, role, content, status, model, tokens_in, "
             "tokens_out, created_at) VALUES (?, ?, 'model', ?, ?, ?, ?, ?, ?)",
             (
@@ -94,6 +99,7 @@ def record_model_turn(
             "UPDATE sessions SET turns = turns + 1, last_used_at = ? WHERE id = ?",
             (now, session_id),
         )
+    return int(cursor.lastrowid)
 
 
 def mark_interrupted(conn: Connection, user_turn_id: int) -> None:
@@ -113,23 +119,22 @@ def interrupt_pending(conn: Connection) -> int:
     return int(cursor.rowcount)
 
 
-def context_turns(conn: Connection, session_id: str, limit: int) -> list[tuple[str, str]]:
-    """(role, text) of the latest complete exchanges, oldest first, for the model's context.
+def context_exchanges(conn: Connection, session_id: str, limit: int) -> list[Exchange]:
+    """The latest `limit` complete exchanges, oldest first, for the model's context.
 
     Only exchanges the model really answered: degraded placeholders and
-    interrupted prompts would mislead it.
+    interrupted prompts would mislead it. Cached per session by
+    `agentd.store.recent.RecentTurns`: a change to a session's messages made
+    elsewhere than `record_model_turn` must `forget` the session there.
     """
     rows = conn.execute(
-        "SELECT u.content, m.content FROM messages m "
+        "SELECT m.id, u.content, m.content FROM messages m "
         "JOIN messages u ON u.request_id = m.request_id AND u.role = 'user' AND u.session_id = m.session_id "
         "WHERE m.session_id = ? AND m.role = 'model' AND m.status = 'complete' "
         "ORDER BY m.id DESC LIMIT ?",
         (session_id, limit),
     ).fetchall()
-    turns: list[tuple[str, str]] = []
-    for user_text, model_text in reversed(rows):
-        turns += [("user", user_text), ("model", model_text)]
-    return turns
+    return [Exchange(*row) for row in reversed(rows)]
 
 
 _TURN_COLUMNS = "id, request_id, role, content, status, model, tokens_in, tokens_out, created_at"
