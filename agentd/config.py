@@ -83,6 +83,25 @@ class ChatSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long sessions are kept (agentd/retention.py); 0 keeps them forever."""
+
+    max_age_days: float = 0.0  # sessions unused for longer are deleted
+    max_sessions_per_user: int = 0  # each uid keeps its newest this many
+    interval_s: float = 3600.0  # how often the daemon applies the policy
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = [
+            (name, "must not be negative")
+            for name in ("max_age_days", "max_sessions_per_user")
+            if getattr(self, name) < 0
+        ]
+        if self.interval_s <= 0:
+            out.append(("interval_s", "must be greater than 0"))
+        return out
+
+
+@dataclass(frozen=True)
 class AccessSettings:
     """Who may do what over the socket (see access.py); names or numeric ids."""
 
@@ -112,6 +131,7 @@ class Config:
     secrets_scan: ScanSettings = field(default_factory=ScanSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -135,6 +155,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "secrets_scan": ScanSettings,
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
+    "retention": RetentionSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -391,7 +412,8 @@ def _validate(config: Config) -> None:
             raise ConfigError(f"{_origin(config, key)}: {key} must be greater than 0")
     for name, problem in config.gemini.problems():
         raise ConfigError(f"{_origin(config, 'gemini.' + name)}: gemini.{name} {problem}")
-    for section in ("limits", "health", "pricing", "secrets_scan", "budgets", "model_policy"):
+    sections = ("limits", "health", "pricing", "secrets_scan", "budgets", "model_policy")
+    for section in (*sections, "retention"):
         for name, problem in getattr(config, section).problems():
             key = f"{section}.{name}"
             raise ConfigError(f"{_origin(config, key)}: {key} {problem}")

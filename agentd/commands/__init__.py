@@ -58,7 +58,7 @@ class CommandSpec:
 
 COMMANDS: dict[str, CommandSpec] = {}
 
-MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat", "history", "budget")
+MODULES: Final = ("status", "stop", "metrics", "logs", "audit", "chat", "history", "budget", "retention")
 
 
 def command(
