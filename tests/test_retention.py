@@ -17,7 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlcipher3
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -72,9 +71,11 @@ def phrase() -> str:
     return f"planted-{secrets.token_hex(8)}"
 
 
-def chat_in_new_session(d: DaemonProcess, name: str, text: str) -> None:
-    filler = " ".join(["words to fill a page"] * 60)  # spread over more than one cell
-    result = d.agentctl("chat", "--new-session", "--name", name, f"{text} {filler} {text}")
+def chat_in_new_session(d: DaemonProcess, name: str, text: str, pages: int = 1) -> None:
+    # Filler spreads the text over cells and (pages > 1) overflow pages of their own.
+    filler = f"{text} words to fill a page " * (200 * pages)
+    prompt = f"{text} {filler} {text}".encode()
+    result = d.agentctl("chat", "--new-session", "--name", name, input=prompt)
     assert result.returncode == 0, result.stderr
 
 
@@ -97,7 +98,7 @@ def test_a_deleted_sessions_text_is_in_no_decrypted_page(
 ) -> None:
     d = make_daemon(gemini_env(fake_gemini)).start()
     gone, kept = phrase(), phrase()
-    chat_in_new_session(d, "doomed", gone)
+    chat_in_new_session(d, "doomed", gone, pages=8)
     chat_in_new_session(d, "kept", kept)
     assert d.agentctl("sessions", "delete", "doomed").returncode == 0
     stop(d)
@@ -109,6 +110,8 @@ def test_a_deleted_sessions_text_is_in_no_decrypted_page(
     assert gone.encode() not in raw and kept.encode() not in raw
     plain = exported_plaintext(d.state_dir, tmp_path / "plain.db")
     assert kept.encode() in plain and gone.encode() not in plain
+    # The freed pages went back to the filesystem, not onto the free list.
+    assert with_store(d.state_dir, _freelist_count) == 0
 
 
 def test_each_deletion_leaves_a_tombstone_and_the_chain_verifies(
@@ -188,6 +191,11 @@ def test_the_schedule_deletes_sessions_past_the_maximum_age(
         lambda: made in {r["session_id"] for r in tombstones(d)}, 10, "the old session's tombstone"
     )
     assert made not in session_ids(d)
+
+
+def _freelist_count(conn: Connection) -> int:
+    count: int = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    return count
 
 
 def _set_auto_vacuum_none(conn: Connection) -> None:
