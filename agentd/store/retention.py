@@ -4,7 +4,8 @@ A deleted message must not survive in the database file. The store
 connection runs with `PRAGMA secure_delete = ON` (SQLite overwrites freed
 cell content with zeros), and the database uses `auto_vacuum = INCREMENTAL`,
 so `PRAGMA incremental_vacuum` after a deletion returns the freed pages to
-the filesystem instead of keeping them (zeroed) on the free list.
+the filesystem instead of keeping them (zeroed) on the free list; a
+checkpoint then truncates the WAL, whose frames still hold the old pages.
 
 A database created before this has `auto_vacuum = NONE`; switching it takes
 a full VACUUM once (`enable_incremental_vacuum`, run at start-up: it is a
@@ -90,6 +91,8 @@ def delete_sessions(conn: Connection, doomed: list[Session]) -> list[Forgotten]:
                 forgotten.append(Forgotten(session.id, session.owner_uid, count))
     if forgotten:
         conn.execute("PRAGMA incremental_vacuum").fetchall()
+        # The WAL still holds the pages as they were before: checkpoint and truncate it.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     return forgotten
 
 
