@@ -80,6 +80,9 @@ class ChatSettings:
     max_queue: int = 64  # chats waiting for a slot; one more is answered BUSY
     history_max_turns: int = 50  # exchanges read from the store before the token budget applies
     max_system_prompt_bytes: int = 16 * 1024  # UTF-8 bytes of a session's own system prompt
+    # History past gemini.context_token_budget: "summarize" older turns, or "drop" them.
+    context_strategy: str = "summarize"
+    summary_model: str = ""  # "" = gemini.fallback_model
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,8 @@ class Config:
     def is_development(self) -> bool:
         return self.profile == "development"
 
+
+CONTEXT_STRATEGIES: Final = ("summarize", "drop")
 
 SECTIONS: Final[dict[str, type[Any]]] = {
     "daemon": DaemonSettings,
@@ -423,6 +428,11 @@ def _validate(config: Config) -> None:
             f"one of {', '.join(SOCKET_GROUP_ROLES)}"
         )
     _validate_reserve(config)
+    if config.chat.context_strategy not in CONTEXT_STRATEGIES:
+        raise ConfigError(
+            f"{_origin(config, 'chat.context_strategy')}: chat.context_strategy must be one "
+            f"of {', '.join(CONTEXT_STRATEGIES)}"
+        )
     if config.chat.max_answer_bytes > config.daemon.max_frame_bytes // 2:
         # The reply carries the answer and its fields in one frame.
         raise ConfigError(

@@ -14,6 +14,7 @@ from typing import Final
 from agentd.governance.store import m0006_governance
 from agentd.store.audit import m0002_audit, m0005_audit_owner
 from agentd.store.database import Connection, transaction
+from agentd.store.summaries import m0008_summaries
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0004_session_owner", m0004_session_owner),
     ("0005_audit_owner", m0005_audit_owner),
     ("0006_governance", m0006_governance),
+    ("0008_summaries", m0008_summaries),
 ]
 
 
