@@ -347,9 +347,9 @@ def history(session_ref: str | None, limit: int) -> None:
     if session_ref:
         args["session"] = session_ref
     with opts.client() as client:
-        session, messages = read_history(client, args)
+        session, messages, summary = read_history(client, args)
     if opts.json:
-        print_json({"session": session, "messages": messages})
+        print_json({"session": session, "messages": messages, "summary": summary})
         return
     click.echo(
         style(
@@ -359,6 +359,9 @@ def history(session_ref: str | None, limit: int) -> None:
             bold=True,
         )
     )
+    upto = summary["upto_message_id"] if summary else None
+    if upto is not None and (not messages or messages[0]["id"] > upto):
+        _summary_line(summary)  # it covers older messages than those shown
     for m in messages:
         status = "" if m["status"] in ("answered", "complete") else f" [{m['status']}]"
         who = "you" if m["role"] == "user" else visible(m.get("model") or "model")
@@ -369,9 +372,24 @@ def history(session_ref: str | None, limit: int) -> None:
             )
         )
         click.echo(for_terminal(m["content"]))
+        if m["id"] == upto:
+            _summary_line(summary)
 
 
-def read_history(client: Client, args: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+def _summary_line(summary: Any) -> None:
+    """The marked line: what is above it reaches the model only as a summary."""
+    click.echo(
+        style(
+            f"\n-- summary: the {summary['turns']} exchanges up to here reach the model "
+            f"summarised (by {visible(summary['model'])}) --",
+            bold=True,
+        )
+    )
+
+
+def read_history(
+    client: Client, args: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
     """Every message of a streamed `history`, a long one joined from its pieces."""
     messages: list[dict[str, Any]] = []
     pieces: list[str] = []
@@ -387,7 +405,7 @@ def read_history(client: Client, args: dict[str, Any]) -> tuple[dict[str, Any], 
             pieces.clear()
 
     result = client.call("history", args, on_event=on_event)
-    return result["session"], messages
+    return result["session"], messages, result.get("summary")
 
 
 def _when(epoch: float) -> str:

@@ -108,4 +108,23 @@ def test_an_unknown_context_strategy_is_a_config_error(
     d = make_daemon(gemini_env(fake_gemini, AGENTD_CHAT__CONTEXT_STRATEGY="forget"))
     d.start(wait=False)
     assert d.wait_exit() == 78
-    assert "chat.context_strategy" in d.stderr()
+    assert "chat.context_strategy must be one of summarize, drop" in d.stderr()
+
+
+def test_history_marks_where_the_summary_stands(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    fake_gemini.set_default(answer(SUMMARY), model=FALLBACK)
+    d = start(make_daemon, fake_gemini)
+    fill(d)
+    chat(d, "last")
+
+    shown = d.agentctl("history")
+    assert shown.returncode == 0, shown.stderr
+    text = shown.stdout.decode()
+    mark = text.index("-- summary: the ")
+    assert f"summarised (by {FALLBACK})" in text
+    assert text.index("message number 0") < mark < text.index("last")
+    listed = json.loads(d.agentctl("history", "--json").stdout)
+    upto = listed["summary"]["upto_message_id"]
+    assert upto in [m["id"] for m in listed["messages"] if m["role"] == "model"]
