@@ -60,8 +60,9 @@ class ContextBuilder:
             summaries.exchanges_after, session_id, after, self._settings.history_max_turns
         )
         turns = [t for e in exchanges for t in _turns(e)] + [Turn("user", prompt)]
+        known = [n for e in exchanges for n in (None, e.model_tokens or None)]
         system = _with_summary(system_prompt, summary)
-        fitted = fit_history(turns, self._gemini.context_token_budget, system)
+        fitted = fit_history(turns, self._gemini.context_token_budget, system, known)
         if not fitted.omitted:
             return Context(system, fitted.turns, 0, None)
         if self._settings.context_strategy != "summarize":
@@ -72,7 +73,10 @@ class ContextBuilder:
             note = _dropped(fitted.omitted) + " (the summary could not be made)"
             return Context(system, fitted.turns, fitted.omitted, note)
         system = _with_summary(system_prompt, made)
-        refitted = fit_history(turns[len(covered) * 2 :], self._gemini.context_token_budget, system)
+        rest = len(covered) * 2
+        refitted = fit_history(
+            turns[rest:], self._gemini.context_token_budget, system, known[rest:]
+        )
         note = f"{len(covered) * 2} earlier turns summarised into the context (by {made.model})"
         return Context(system, refitted.turns, refitted.omitted, note)
 

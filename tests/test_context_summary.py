@@ -8,11 +8,14 @@ with a recognisable summary, or fails.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Callable
 from typing import Any
 
+from agentd.store.database import Connection
 from tests.conftest import DaemonProcess, gemini_env
 from tests.fake_gemini import FakeGemini, answer, echo, error
+from tests.peers import with_store
 
 PRIMARY, FALLBACK = "fake-primary", "fake-fallback"
 SUMMARY = "SUMMARY-7f3a: the user numbered their messages"
@@ -128,3 +131,27 @@ def test_history_marks_where_the_summary_stands(
     listed = json.loads(d.agentctl("history", "--json").stdout)
     upto = listed["summary"]["upto_message_id"]
     assert upto in [m["id"] for m in listed["messages"] if m["role"] == "model"]
+
+
+def _report_large_usage(conn: Connection) -> None:
+    conn.execute(
+        "UPDATE messages SET tokens_out = 1000 WHERE id = (SELECT min(id) FROM messages "
+        "WHERE role = 'model')"
+    )
+
+
+def test_the_budget_counts_the_usage_an_answer_reported(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    """Short texts fit the budget by their estimate; the first answer's stored usage
+    (1000 tokens, as if the service had reported it) does not."""
+    d = start(make_daemon, fake_gemini, AGENTD_CHAT__CONTEXT_STRATEGY="drop")
+    assert chat(d, "one")["turns_left_out"] == 0
+    assert chat(d, "two")["turns_left_out"] == 0
+    d.signal(signal.SIGTERM)
+    assert d.wait_exit() == 0
+    with_store(d.state_dir, _report_large_usage)
+    d.start()
+    reply = chat(d, "three")
+    assert reply["turns_left_out"] == 2
+    assert fake_gemini.requests[-1].texts == ["two", "You said: two", "three"]

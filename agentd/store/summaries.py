@@ -44,6 +44,7 @@ class Exchange(NamedTuple):
     model_message_id: int
     user_text: str
     model_text: str
+    model_tokens: int  # the answer's tokens_out as the service reported it (0: unknown)
 
 
 def get(conn: Connection, session_id: str) -> Summary | None:
@@ -67,7 +68,7 @@ def exchanges_after(conn: Connection, session_id: str, after_id: int, limit: int
     """The latest `limit` complete exchanges after message `after_id`, oldest first
     (as messages.context_turns: only answers the model really gave)."""
     rows = conn.execute(
-        "SELECT m.id, u.content, m.content FROM messages m "
+        "SELECT m.id, u.content, m.content, m.tokens_out FROM messages m "
         "JOIN messages u ON u.request_id = m.request_id AND u.role = 'user' "
         "AND u.session_id = m.session_id "
         "WHERE m.session_id = ? AND m.role = 'model' AND m.status = 'complete' AND m.id > ? "
