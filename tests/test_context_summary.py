@@ -46,6 +46,17 @@ def fill(d: DaemonProcess, count: int = 4) -> list[dict[str, Any]]:
     return [chat(d, f"message number {n} " + "padding " * 20) for n in range(count)]
 
 
+def summarised_session(
+    make_daemon: Callable[..., DaemonProcess], fake: FakeGemini
+) -> DaemonProcess:
+    """A daemon whose current session's older turns have been summarised."""
+    fake.set_default(answer(SUMMARY), model=FALLBACK)
+    d = start(make_daemon, fake)
+    fill(d)
+    chat(d, "last")
+    return d
+
+
 def test_old_turns_are_summarised_by_the_fallback_model_and_the_reply_says_so(
     make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
@@ -68,10 +79,7 @@ def test_old_turns_are_summarised_by_the_fallback_model_and_the_reply_says_so(
 def test_the_stored_summary_is_used_by_the_next_chat(
     make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
-    fake_gemini.set_default(answer(SUMMARY), model=FALLBACK)
-    d = start(make_daemon, fake_gemini)
-    fill(d)
-    chat(d, "last")
+    d = summarised_session(make_daemon, fake_gemini)
     asked = sum(1 for r in fake_gemini.requests if r.model == FALLBACK)
 
     reply = chat(d, "and one more")
@@ -117,10 +125,7 @@ def test_an_unknown_context_strategy_is_a_config_error(
 def test_history_marks_where_the_summary_stands(
     make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
-    fake_gemini.set_default(answer(SUMMARY), model=FALLBACK)
-    d = start(make_daemon, fake_gemini)
-    fill(d)
-    chat(d, "last")
+    d = summarised_session(make_daemon, fake_gemini)
 
     shown = d.agentctl("history")
     assert shown.returncode == 0, shown.stderr
