@@ -16,6 +16,7 @@ import logging
 from typing import Final, NamedTuple
 
 from agentd.config import ChatSettings
+from agentd.errors import RequestError
 from agentd.providers.base import AnswerStatus, GenerationRequest, Provider, Turn
 from agentd.providers.context import fit_history
 from agentd.providers.settings import ProviderSettings
@@ -67,8 +68,8 @@ class ContextBuilder:
             return Context(system, fitted.turns, 0, None)
         if self._settings.context_strategy != "summarize":
             return Context(system, fitted.turns, fitted.omitted, _dropped(fitted.omitted))
-        covered = exchanges[: fitted.omitted // 2]
-        made = await self._summarise(session_id, summary, covered, request_id)
+        covered = exchanges[: fitted.omitted // 2]  # the kept turns start with a user turn
+        made = await self._summarise(session_id, summary, covered, request_id) if covered else None
         if made is None:
             note = _dropped(fitted.omitted) + " (the summary could not be made)"
             return Context(system, fitted.turns, fitted.omitted, note)
@@ -77,7 +78,9 @@ class ContextBuilder:
         refitted = fit_history(
             turns[rest:], self._gemini.context_token_budget, system, known[rest:]
         )
-        note = f"{len(covered) * 2} earlier turns summarised into the context (by {made.model})"
+        note = f"{rest} earlier turns summarised into the context (by {made.model})"
+        if refitted.omitted:  # the summary itself took room the newest turns needed
+            note += "; " + _dropped(refitted.omitted)
         return Context(system, refitted.turns, refitted.omitted, note)
 
     async def _summarise(
@@ -91,7 +94,11 @@ class ContextBuilder:
             model=model,
             max_answer_bytes=self._settings.max_answer_bytes,
         )
-        answer = await self._provider.generate(request)
+        try:
+            answer = await self._provider.generate(request)
+        except RequestError as exc:  # e.g. the provider refused at once: drop instead
+            logger.warning("summary of session %s not made: %s", session_id, exc.code)
+            return None
         if answer.degraded or answer.status != AnswerStatus.COMPLETE or not answer.text.strip():
             logger.warning(
                 "summary of session %s not made (%s): older turns dropped",
