@@ -48,27 +48,23 @@ class Selection:
 
 def select(conn: Connection, selection: Selection) -> list[Session]:
     """The sessions `selection` names, oldest used first."""
-    clauses: list[str] = []
+    limits: list[str] = []
     params: list[Any] = []
-    if selection.owner_uid is not None:
-        clauses.append("owner_uid = ?")
-        params.append(selection.owner_uid)
-    limits = []
     if selection.used_before is not None:
         limits.append("last_used_at < ?")
         params.append(selection.used_before)
     if selection.keep_newest > 0:
-        limits.append(
-            "(SELECT count(*) FROM sessions AS newer WHERE newer.owner_uid = sessions.owner_uid "
-            "AND (newer.last_used_at, newer.id) > (sessions.last_used_at, sessions.id)) >= ?"
-        )
+        limits.append("newer >= ?")  # `newer`: the owner's sessions used after this one
         params.append(selection.keep_newest)
     if not limits:
         return []
-    clauses.append("(" + " OR ".join(limits) + ")")
+    owner = "" if selection.owner_uid is None else "WHERE owner_uid = ?"
+    owner_params = [] if selection.owner_uid is None else [selection.owner_uid]
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM sessions WHERE {' AND '.join(clauses)} ORDER BY last_used_at, id",
-        params,
+        f"SELECT {_COLUMNS} FROM (SELECT {_COLUMNS}, row_number() OVER (PARTITION BY owner_uid "
+        f"ORDER BY last_used_at DESC, id DESC) - 1 AS newer FROM sessions {owner}) "
+        f"WHERE {' OR '.join(limits)} ORDER BY last_used_at, id",
+        [*owner_params, *params],
     ).fetchall()
     return [Session(*row) for row in rows]
 
