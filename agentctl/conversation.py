@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import sys
+import time
 from typing import Any
 
 import click
@@ -18,6 +19,7 @@ from agentctl import exits
 from agentctl.client import Client
 from agentctl.context import fail, json_option, options
 from agentctl.output import for_terminal, print_json, print_table, style, visible
+from agentctl.since import parse_since
 
 CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 # Prompts above this ask the daemon for its limits first (below the smallest sane limit).
@@ -292,6 +294,41 @@ def sessions_delete(session_ref: str) -> None:
         click.echo(f"deleted {result['deleted']}; current session {result['current']}")
 
 
+@sessions.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    metavar="AGE",
+    help="Delete sessions not used for this long (30d, 12h) or since a timestamp.",
+)
+@click.option("--all", "everyone", is_flag=True, help="Every user's sessions (admin).")
+@click.option("--user", metavar="UID|NAME", help="This user's sessions (admin, unless your own).")
+@click.option("--dry-run", is_flag=True, help="Say which sessions would go; delete nothing.")
+@json_option
+def sessions_prune(older_than: str, everyone: bool, user: str | None, dry_run: bool) -> None:
+    """Delete your sessions not used for a while, for good (admins: --all, --user)."""
+    now = time.time()
+    args: dict[str, Any] = {"older_than_s": max(0.0, now - parse_since(older_than, now))}
+    if everyone:
+        args["all"] = True
+    if user is not None:
+        args["user"] = user
+    if dry_run:
+        args["dry_run"] = True
+    opts = options()
+    result = opts.client().call("sessions_prune", args)
+    if opts.json:
+        print_json(result)
+        return
+    verb = "would delete" if result["dry_run"] else "deleted"
+    for s in result["sessions"]:
+        name = f" ({visible(s['name'])})" if s.get("name") else ""
+        click.echo(f"{verb} {s['id']}{name}, last used {_when(s['last_used_at'])}")
+    messages = "" if result["messages"] is None else f", {result['messages']} messages"
+    click.echo(f"{verb} {len(result['sessions'])} sessions{messages}")
+
+
 def _show_session(result: dict[str, Any], label: str) -> None:
     opts = options()
     if opts.json:
@@ -312,9 +349,9 @@ def history(session_ref: str | None, limit: int) -> None:
     if session_ref:
         args["session"] = session_ref
     with opts.client() as client:
-        session, messages = read_history(client, args)
+        session, messages, summary = read_history(client, args)
     if opts.json:
-        print_json({"session": session, "messages": messages})
+        print_json({"session": session, "messages": messages, "summary": summary})
         return
     click.echo(
         style(
@@ -324,6 +361,9 @@ def history(session_ref: str | None, limit: int) -> None:
             bold=True,
         )
     )
+    upto = summary["upto_message_id"] if summary else None
+    if upto is not None and (not messages or messages[0]["id"] > upto):
+        _summary_line(summary)  # it covers older messages than those shown
     for m in messages:
         status = "" if m["status"] in ("answered", "complete") else f" [{m['status']}]"
         who = "you" if m["role"] == "user" else visible(m.get("model") or "model")
@@ -334,9 +374,24 @@ def history(session_ref: str | None, limit: int) -> None:
             )
         )
         click.echo(for_terminal(m["content"]))
+        if m["id"] == upto:
+            _summary_line(summary)
 
 
-def read_history(client: Client, args: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
+def _summary_line(summary: Any) -> None:
+    """The marked line: what is above it reaches the model only as a summary."""
+    click.echo(
+        style(
+            f"\n-- summary: the {summary['turns']} exchanges up to here reach the model "
+            f"summarised (by {visible(summary['model'])}) --",
+            bold=True,
+        )
+    )
+
+
+def read_history(
+    client: Client, args: dict[str, Any]
+) -> tuple[dict[str, Any], list[Any], dict[str, Any] | None]:
     """Every message of a streamed `history`, a long one joined from its pieces."""
     messages: list[dict[str, Any]] = []
     pieces: list[str] = []
@@ -352,7 +407,7 @@ def read_history(client: Client, args: dict[str, Any]) -> tuple[dict[str, Any], 
             pieces.clear()
 
     result = client.call("history", args, on_event=on_event)
-    return result["session"], messages
+    return result["session"], messages, result.get("summary")
 
 
 def _when(epoch: float) -> str:

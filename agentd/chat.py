@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from agentd.config import ChatSettings
+from agentd.context_summary import ContextBuilder
 from agentd.errors import BadRequest
 from agentd.governance.gate import PLAIN_ASK, Ask, Gate, Screened
 from agentd.lifecycle import Lifecycle
@@ -33,8 +34,6 @@ from agentd.providers import (
     OnChunk,
     OnWait,
     ProviderSettings,
-    Turn,
-    fit_history,
 )
 from agentd.providers.context import estimate_tokens
 from agentd.providers.resilience import ResilientProvider
@@ -159,6 +158,7 @@ class ChatPipeline:
         self._metrics = metrics
         self._gate = gate
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
+        self._context = ContextBuilder(settings, gemini, db, provider)
 
     async def chat(
         self,
@@ -196,7 +196,9 @@ class ChatPipeline:
         # files were replaced; returns once the turn is committed.
         user_turn = await self._db.write(messages.record_user_turn, session.id, request_id, prompt)
         try:
-            request, left_out = await self._build_request(session, request_id, prompt)
+            request, left_out, context_note = await self._build_request(
+                session, request_id, prompt
+            )
             request = self._gate.apply(request, screened)  # redacted; model and cap per role
             asked = time.monotonic()
             answer = await self._provider.generate(request, on_chunk, on_wait=on_wait)
@@ -211,7 +213,9 @@ class ChatPipeline:
             await asyncio.shield(self._db.run(messages.mark_interrupted, user_turn))
             raise
         if model_turn.status == AnswerStatus.COMPLETE:
-            self._db.recent.added(session.id, Exchange(answer_id, prompt, model_turn.content))
+            self._db.recent.added(
+                session.id, Exchange(answer_id, prompt, model_turn.content, model_turn.tokens_out)
+            )
         budget_warning = await self._gate.settle(screened, answer)
         latency_ms = (time.monotonic() - started) * 1000
         logger.info(
@@ -240,7 +244,7 @@ class ChatPipeline:
             degraded=answer.degraded,
             fallback_used=answer.fallback_used,
             turns_left_out=left_out,
-            notice=_notice(answer, left_out),
+            notice=_notice(answer, context_note),
             error_kind=answer.error_kind,
             status=str(answer.status),
             redacted=screened.redacted,
@@ -249,27 +253,18 @@ class ChatPipeline:
 
     async def _build_request(
         self, session: Session, request_id: str, prompt: str
-    ) -> tuple[GenerationRequest, int]:
-        limit = self._settings.history_max_turns
-        stored = self._db.recent.lookup(session.id, limit)
-        if stored is None:
-            token = self._db.recent.reserve(session.id)
-            # Read in the write queue, so after every write queued before it
-            # (one of a chat that was cancelled, whose exchange `added` never saw).
-            stored = await self._db.write(messages.context_exchanges, session.id, limit)
-            self._db.recent.fill(token, session.id, stored, limit)
+    ) -> tuple[GenerationRequest, int, str | None]:
+        """The request with its context: stored history fitted to the token budget,
+        older turns summarised or dropped (context_summary.py); and what was done."""
         system_prompt = session.system_prompt or self._gemini.system_prompt
-        turns = [
-            turn for e in stored for turn in (Turn("user", e.user_text), Turn("model", e.model_text))
-        ] + [Turn("user", prompt)]
-        fitted = fit_history(turns, self._gemini.context_token_budget, system_prompt)
+        context = await self._context.build(session.id, system_prompt, prompt, request_id)
         request = GenerationRequest(
             request_id=request_id,
-            system_prompt=system_prompt,
-            turns=fitted.turns,
+            system_prompt=context.system_prompt,
+            turns=context.turns,
             max_answer_bytes=self._settings.max_answer_bytes,
         )
-        return request, fitted.omitted
+        return request, context.left_out, context.note
 
 
 def _model_turn(answer: Answer) -> messages.ModelTurn:
@@ -279,11 +274,9 @@ def _model_turn(answer: Answer) -> messages.ModelTurn:
     )
 
 
-def _notice(answer: Answer, left_out: int) -> str | None:
+def _notice(answer: Answer, context_note: str | None) -> str | None:
     # The provider's notice already says which model answered and why (fallback).
     notes = [answer.notice] if answer.notice else []
-    if left_out:
-        notes.append(
-            f"{left_out} earlier turn{'s' if left_out != 1 else ''} left out of the context (token budget)"
-        )
+    if context_note:
+        notes.append(context_note)
     return "; ".join(notes) or None

@@ -83,6 +83,9 @@ class LogSettings:
     ring_size: int = bounded(2000, gt=0)  # records kept in memory for `agentctl logs`
 
 
+CONTEXT_STRATEGIES: Final = ("summarize", "drop")
+
+
 @dataclass(frozen=True)
 class ChatSettings:
     max_prompt_bytes: int = bounded(
@@ -99,6 +102,18 @@ class ChatSettings:
     max_system_prompt_bytes: int = bounded(
         16 * 1024, gt=0
     )  # UTF-8 bytes of a session's own system prompt
+    # History past gemini.context_token_budget: "summarize" older turns, or "drop" them.
+    context_strategy: str = bounded("summarize", one_of=CONTEXT_STRATEGIES)
+    summary_model: str = ""  # "" = gemini.fallback_model
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long sessions are kept (agentd/retention.py); 0 keeps them forever."""
+
+    max_age_days: float = bounded(0.0, ge=0)  # sessions unused for longer are deleted
+    max_sessions_per_user: int = bounded(0, ge=0)  # each uid keeps its newest this many
+    interval_s: float = bounded(3600.0, gt=0)  # how often the daemon applies the policy
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class Config:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -139,6 +155,7 @@ class Config:
     @property
     def is_development(self) -> bool:
         return self.profile == "development"
+
 
 
 SECTIONS: Final[dict[str, type[Any]]] = {
@@ -156,6 +173,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
     "audit": AuditSettings,
+    "retention": RetentionSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {

@@ -36,6 +36,7 @@ from agentd.providers import create_provider
 from agentd.providers.resilience import ResilientProvider
 from agentd.ratelimit import RequestLimiter
 from agentd.refusals import RefusalAudit
+from agentd.retention import run_schedule, scheduled_selection
 from agentd.runtime import Runtime
 from agentd.secrets import load_db_key, load_gemini_key
 from agentd.server import Server, bind_socket, refuse_waiting_clients
@@ -44,6 +45,7 @@ from agentd.store import messages, sessions, state
 from agentd.store.anchor import ANCHOR_NAME, AnchorFile, refuse_missing_database
 from agentd.store.database import Database
 from agentd.store.migrations import migrate
+from agentd.store.retention import enable_incremental_vacuum
 from agentd.systemd import Notifier, adopt_listen_socket, run_watchdog, watchdog_interval
 from agentd.telemetry.alerts import AlertBoard
 from agentd.telemetry.checks import HealthChecks, Verdicts
@@ -183,6 +185,7 @@ class Daemon:
         except ConfigError as exc:
             raise ConfigError(f"{exc} (key from {key.source})") from None
         applied = await self._db.run(migrate)
+        await self._db.run(enable_incremental_vacuum)  # one VACUUM on an older database
         await self._db.run(settle_anchor, self._anchor, self._accept_rollback)  # or exit 78
         agent_id, current, interrupted = await self._db.run(_restore, self.config.profile)
         logger.info(
@@ -306,6 +309,8 @@ class Daemon:
             self._spawn(run_watchdog(self._notifier, interval), "watchdog")
         self._spawn(self._health_checks(self.runtime).run(), "health")
         self._spawn(self.runtime.metrics.run_loop_lag(), "loop-lag")
+        if scheduled_selection(self.config.retention, 0.0) is not None:
+            self._spawn(run_schedule(self.runtime), "retention")
         if self._refusals is not None:
             self._spawn(self._refusals.run(), "refusal-audit")
         if self.config.audit.retention_days > 0:

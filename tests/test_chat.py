@@ -171,6 +171,7 @@ def test_small_token_budget_leaves_old_turns_out_and_says_so(
             fake_gemini,
             AGENTD_GEMINI__CONTEXT_TOKEN_BUDGET="120",
             AGENTD_GEMINI__SYSTEM_PROMPT="be brief",
+            AGENTD_CHAT__CONTEXT_STRATEGY="drop",
         )
     ).start()
     fake_gemini.set_default(echo())

@@ -18,6 +18,7 @@ from agentd.errors import BadRequest, Forbidden, NotFound
 from agentd.governance.gate import Ask
 from agentd.ownership import ALL_USERS, owner_for
 from agentd.providers.base import Wait
+from agentd.retention import BY_USER, forget
 from agentd.runtime import Runtime
 from agentd.store import sessions
 from agentd.store.sessions import Session
@@ -250,9 +251,7 @@ async def session_delete(runtime: Runtime, call: Call) -> dict[str, Any]:
     session = await find_session(runtime, call, required(call.args, "session", str))
     call.facts.session_id = session.id
     was_current = runtime.current.get(call.peer.uid) == session.id
-    await runtime.db.run(sessions.delete, session)
-    runtime.db.recent.forget(session.id)  # its cached context turns (agentd/store/recent.py)
-    await runtime.current.forget_session(session.id)
+    await forget(runtime, [session], call.peer, BY_USER)  # the one deletion path
     if was_current:
         replacement = await runtime.db.run(sessions.create, call.peer.uid, None, None)
         await runtime.current.set(call.peer.uid, replacement.id)

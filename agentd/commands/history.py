@@ -10,8 +10,9 @@ from agentd.commands import Audit, Call, CommandSet
 from agentd.commands.args import optional
 from agentd.commands.chat import MAX_LIST, find_or_current
 from agentd.runtime import Runtime
-from agentd.store import messages
+from agentd.store import messages, summaries
 from agentd.store.messages import StoredTurn
+from agentd.store.summaries import Summary
 
 SPECS = CommandSet()
 command = SPECS.command
@@ -33,6 +34,7 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
     """
     session = await find_or_current(runtime, call)
     call.facts.session_id = session.id
+    summary = _summary(await runtime.db.run(summaries.get, session.id))
     limit = max(1, min(optional(call.args, "limit", int, 100), MAX_LIST))
     ids = await runtime.db.run(messages.history_ids, session.id, limit)
     budget = max(MIN_PIECE_BYTES, runtime.config.daemon.max_frame_bytes // 2)
@@ -44,9 +46,22 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
                 for piece in _pieces(turn, budget):
                     await call.emit("message", {"message": piece})
                 sent += 1
-        return {"session": session.as_dict(), "count": sent}
+        return {"session": session.as_dict(), "count": sent, "summary": summary}
     page, omitted = await _page(runtime, ids, budget)
-    return {"session": session.as_dict(), "messages": page, "omitted": omitted}
+    return {"session": session.as_dict(), "messages": page, "omitted": omitted, "summary": summary}
+
+
+def _summary(summary: Summary | None) -> dict[str, Any] | None:
+    """Where the session's summary stands (context_summary.py): the model sees it
+    instead of every message up to `upto_message_id`."""
+    if summary is None:
+        return None
+    return {
+        "upto_message_id": summary.upto_message_id,
+        "turns": summary.turns,
+        "model": summary.model,
+        "created_at": summary.created_at,
+    }
 
 
 async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dict[str, Any]], int]:

@@ -19,6 +19,7 @@ from agentd.commands import (
     history,
     logs,
     metrics,
+    retention,
     search,
     status,
     stop,
@@ -36,6 +37,7 @@ DECLARED: tuple[CommandSet, ...] = (
     backup.SPECS,
     export.SPECS,
     search.SPECS,
+    retention.SPECS,
 )
 
 

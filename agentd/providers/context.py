@@ -1,11 +1,13 @@
 """Fitting conversation history into a token budget.
 
-Tokens are *estimated*, not counted: about 4 characters per token for
+Tokens are *estimated*, unless known: about 4 characters per token for
 English text (Google's own rule of thumb for Gemini), rounded up, plus a few
 tokens per turn for the role and framing. Counting exactly would need the
 tokenizer or a network round trip per request; the estimate only has to keep
 prompts well inside the model's window, and the service's own "too long"
-answer is the backstop (see resilience.py, which trims again once).
+answer is the backstop (see resilience.py, which trims again once). A stored
+answer's own usage figure (tokens_out) is its real size and is used instead
+(context_summary.py passes it), at no extra call.
 
 Rules: the system prompt always stays; the newest user turn (and anything
 after it) always stays, even alone over budget; older turns are dropped
@@ -40,15 +42,28 @@ def estimate_turn(turn: Turn) -> int:
     return estimate_tokens(turn.text) + TURN_OVERHEAD_TOKENS
 
 
-def fit_history(turns: Sequence[Turn], budget: int, system_prompt: str = "") -> FittedHistory:
-    """Keep the newest turns that fit `budget` tokens together with the system prompt."""
+def fit_history(
+    turns: Sequence[Turn],
+    budget: int,
+    system_prompt: str = "",
+    known: Sequence[int | None] = (),
+) -> FittedHistory:
+    """Keep the newest turns that fit `budget` tokens together with the system prompt.
+
+    `known[i]`, when given and not None, is turn i's real token count (the usage a
+    stored answer reported): it replaces the estimate of that turn's text."""
+
+    def cost(index: int) -> int:
+        real = known[index] if index < len(known) else None
+        return estimate_turn(turns[index]) if real is None else real + TURN_OVERHEAD_TOKENS
+
     start = _newest_user_index(turns)
-    used = estimate_tokens(system_prompt) + sum(estimate_turn(t) for t in turns[start:])
-    while start > 0 and used + estimate_turn(turns[start - 1]) <= budget:
+    used = estimate_tokens(system_prompt) + sum(cost(i) for i in range(start, len(turns)))
+    while start > 0 and used + cost(start - 1) <= budget:
         start -= 1
-        used += estimate_turn(turns[start])
+        used += cost(start)
     while start < len(turns) - 1 and turns[start].role == "model":
-        used -= estimate_turn(turns[start])
+        used -= cost(start)
         start += 1
     return FittedHistory(turns=tuple(turns[start:]), omitted=start, estimated_tokens=used)
 

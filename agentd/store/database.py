@@ -267,6 +267,8 @@ class Database:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA foreign_keys = ON")
+        # Deleted rows' text is overwritten, not left in free space (store/retention.py).
+        conn.execute("PRAGMA secure_delete = ON")
         conn.execute("PRAGMA temp_store = MEMORY")  # no temp files on disk
         conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_ms)}")
 

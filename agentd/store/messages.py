@@ -128,7 +128,7 @@ def context_exchanges(conn: Connection, session_id: str, limit: int) -> list[Exc
     elsewhere than `record_model_turn` must `forget` the session there.
     """
     rows = conn.execute(
-        "SELECT m.id, u.content, m.content FROM messages m "
+        "SELECT m.id, u.content, m.content, m.tokens_out FROM messages m "
         "JOIN messages u ON u.request_id = m.request_id AND u.role = 'user' AND u.session_id = m.session_id "
         "WHERE m.session_id = ? AND m.role = 'model' AND m.status = 'complete' "
         "ORDER BY m.id DESC LIMIT ?",

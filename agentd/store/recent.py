@@ -40,6 +40,7 @@ class Exchange(NamedTuple):
     model_id: int
     user_text: str
     model_text: str
+    model_tokens: int = 0  # the answer's tokens_out as the service reported it (0: unknown)
 
     @property
     def chars(self) -> int:

@@ -108,15 +108,6 @@ def update(conn: Connection, session: Session) -> None:
         )
 
 
-def delete(conn: Connection, session: Session) -> bool:
-    """Delete `session` (found through `find`, so the caller may) and its messages."""
-    with transaction(conn):
-        cursor = conn.execute(
-            "DELETE FROM sessions WHERE id = ? AND owner_uid = ?", (session.id, session.owner_uid)
-        )
-    return bool(cursor.rowcount)
-
-
 # -- current sessions: one per uid, kept in the state table ----------------------------
 
 CURRENT_PREFIX: Final = "current_session:"
