@@ -199,6 +199,11 @@ def _build_client(
         # httpx2 takes the context as `verify`; `ssl` is the SDK's websocket one.
         client_args={"verify": tls},
         async_client_args={
+            # A transport of our own keeps the SDK on httpx2 even when aiohttp is
+            # installed (the HTTP API brings it): the SDK would otherwise switch its
+            # async client to aiohttp, whose errors, body bound and retries differ
+            # from the ones errors.py maps and body_limit.py relies on.
+            "transport": httpx2.AsyncHTTPTransport(verify=tls),
             "verify": tls,
             "ssl": tls,
             "event_hooks": {"response": [bound_body]},
