@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -163,6 +164,18 @@ class Lab:
         self.says(text, *says)
         return code
 
+    def offline(self, d: DaemonProcess, *args: str, says: tuple[str, ...] = ()) -> int:
+        """Run an offline `agentd` command (restore, rekey) with the daemon's environment:
+        show what it printed (stdout and stderr) and record its exit status."""
+        done = subprocess.run([sys.executable, "-m", "agentd", *args], env=d.env,
+                              capture_output=True, timeout=60, check=False)
+        text = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        command = " ".join(["agentd", *(_quote(a) for a in args)])
+        self.show(command, text, done.returncode)
+        self.fact(f"{self.normalise(command)} -> exit {done.returncode}")
+        self.says(text, *says)
+        return done.returncode
+
     def state(self, d: DaemonProcess) -> str:
         return str(d.call("status")["state"])
 
@@ -176,6 +189,20 @@ class Lab:
                 return
             time.sleep(0.05)
         self.fact(f"state stays {seen}, not {state} within {timeout:g}s")
+
+    def wait_component(self, d: DaemonProcess, name: str, status: str,
+                       timeout: float = 10) -> None:
+        """Poll `health` until component `name` has `status`; record whether it did."""
+        deadline = time.monotonic() + timeout
+        seen = ""
+        while time.monotonic() < deadline:
+            component = d.call("health")["components"].get(name, {})  # not checked yet: absent
+            seen = str(component.get("status", "unchecked"))
+            if seen == status:
+                self.fact(f"{name} becomes {status}")
+                return
+            time.sleep(0.05)
+        self.fact(f"{name} stays {seen}, not {status} within {timeout:g}s")
 
     def log(self, d: DaemonProcess, *fragments: str) -> None:
         """Show the daemon's stderr log lines (JSON) whose message holds one of the
@@ -205,6 +232,10 @@ class Lab:
 
 _VOLATILE: list[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]]] = [
     (re.compile(r"\b(a|s|r)-[0-9a-f]{16}\b"), r"\1-…"),
+    (re.compile(r"\b\d{8}T\d{6}\.\d{3}Z"), "<time>"),
+    (re.compile(r"\bhash [0-9a-f]{64}\b"), "hash <hash>"),
+    (re.compile(r"\btook( +)\d+(\.\d+)?s"), r"took\1Ns"),
+    (re.compile(r"\bsize( +)\d+(\.\d+)? (KiB|MiB|B)\b"), r"size\1N \3"),
     (re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(\.\d+)?(\+0000|Z)?"), "<time>"),
     (re.compile(r"\b\d+(\.\d+)? (MiB|KiB|GiB|B) free"), r"N \2 free"),
     (re.compile(r"RSS \d+(\.\d+)? MiB"), "RSS N MiB"),
