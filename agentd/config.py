@@ -28,6 +28,7 @@ from agentd.governance.settings import BudgetSettings, ModelPolicySettings, Scan
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
+from agentd.tools.settings import ServerSpec, ToolConfigProblem, ToolSettings, parse_servers
 
 PROFILES: Final = ("development", "staging", "production")
 SOCKET_GROUP_ROLES: Final = ("chat", "read", "none")
@@ -132,6 +133,7 @@ class Config:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    tools: ToolSettings = field(default_factory=ToolSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -156,6 +158,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
     "audit": AuditSettings,
+    "tools": ToolSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -306,6 +309,11 @@ def _coerce(key: str, raw: Any, expected: Any, origin: str) -> Any:
         if type(None) in allowed:
             return None
         raise ConfigError(f"{origin}: {key} must not be empty")
+    if expected == tuple[ServerSpec, ...]:
+        try:
+            return parse_servers(raw)
+        except ToolConfigProblem as exc:
+            raise ConfigError(f"{origin}: {key}: {exc}") from None
     for kind in allowed:
         converted = _convert(raw, kind)
         if converted is not _NO:

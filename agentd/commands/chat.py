@@ -61,6 +61,9 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         # Streamed or not: a client waiting on a long retry deserves to know why.
         await call.emit("wait", wait._asdict())
 
+    tools = None
+    if runtime.tools is not None:
+        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, None)
     reply = await runtime.chat.chat(
         session,
         call.request_id,
@@ -69,6 +72,7 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         peer_uid=call.peer.uid,
         on_wait=send_wait,
         ask=ask,
+        tools=tools,
     )
     call.facts.charged(reply.model, reply.tokens_in, reply.tokens_out)
     return reply.as_dict()
