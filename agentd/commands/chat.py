@@ -22,6 +22,7 @@ from agentd.runtime import Runtime
 from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
+from agentd.tools.approvals import peer_approver
 
 SPECS = CommandSet()
 command = SPECS.command
@@ -63,7 +64,11 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
 
     tools = None
     if runtime.tools is not None:
-        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, None)
+        approver = None
+        if call.approvals is not None:
+            timeout = runtime.config.tools.approval_timeout_s
+            approver = peer_approver(call.approvals, call.emit, call.peer.uid, timeout)
+        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, approver)
     reply = await runtime.chat.chat(
         session,
         call.request_id,

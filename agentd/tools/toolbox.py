@@ -13,26 +13,16 @@ each call decided by its server's policy:
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from agentd.providers.base import ToolCall, ToolSpec
+from agentd.tools.approvals import Approver
 from agentd.tools.loop import Decision
 from agentd.tools.servers import McpServer, ServerGone, ServerState
 from agentd.tools.settings import ToolSettings
 
 logger = logging.getLogger(__name__)
 
-
-class Verdict(NamedTuple):
-    """An approver's answer: yes, no, always (this session), timeout or disconnected."""
-
-    answer: str
-    decided_by: str
-
-
-Approver = Callable[[ToolCall, str], Awaitable[Verdict]]
-"""Asks the chatting peer about one `ask` call on server `str`."""
 
 APPROVED = frozenset({"yes", "always"})
 
