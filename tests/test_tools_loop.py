@@ -200,19 +200,6 @@ def test_a_denied_tool_is_not_declared_and_a_call_to_it_is_refused(
     assert reply["tools"][0]["outcome"] == "not_run"
 
 
-def test_an_ask_call_with_nobody_to_ask_is_denied(
-    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
-) -> None:
-    daemon = start_with_tools(make_daemon, fake_gemini, time_server(policy="ask"))
-    wait_running(daemon)
-    fake_gemini.push(function_call(*UTC_NOW), answer("Not allowed."))
-
-    reply = chat(daemon)
-
-    assert reply["tools"][0]["outcome"] == "not_run"
-    assert "error" in fake_gemini.requests[-1].function_responses[0]["response"]
-
-
 def test_a_result_past_the_byte_cap_is_cut_with_a_note_to_the_model(
     make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
 ) -> None:
