@@ -273,7 +273,9 @@ class ChatPipeline:
 
         if tools is None:
             return LoopResult(await generate(request), (), 0)
-        return await answer_with_tools(generate, request, tools, self._tools)
+        return await answer_with_tools(
+            generate, request, tools, self._tools, screen=self._gate.redact_untrusted
+        )
 
     async def _build_request(
         self, session: Session, request_id: str, prompt: str

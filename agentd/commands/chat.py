@@ -23,6 +23,7 @@ from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
 from agentd.tools.approvals import peer_approver
+from agentd.tools.trail import recorder
 
 SPECS = CommandSet()
 command = SPECS.command
@@ -68,7 +69,8 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         if call.approvals is not None:
             timeout = runtime.config.tools.approval_timeout_s
             approver = peer_approver(call.approvals, call.emit, call.peer.uid, timeout)
-        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, approver)
+        on_record = recorder(runtime.audit, call.request_id, call.peer, session.id)
+        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, approver, on_record)
     reply = await runtime.chat.chat(
         session,
         call.request_id,

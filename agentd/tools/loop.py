@@ -70,6 +70,9 @@ class Toolbox(Protocol):
     async def execute(self, call: ToolCall, server: str, timeout_s: float) -> tuple[str, bool]:
         """Run an allowed call: (text, is_error). Raises TimeoutError past `timeout_s`."""
 
+    def recorded(self, record: CallRecord) -> None:
+        """A call is over (run or not): its audit row and log line."""
+
 
 class LoopResult(NamedTuple):
     answer: Answer
@@ -83,9 +86,13 @@ async def answer_with_tools(
     toolbox: Toolbox,
     settings: ToolSettings,
     *,
+    screen: Callable[[str], str] = str,
     clock: Callable[[], float] = time.monotonic,
 ) -> LoopResult:
-    """The model's final answer after up to `settings.max_steps` rounds of calls."""
+    """The model's final answer after up to `settings.max_steps` rounds of calls.
+
+    `screen` sees each result before the model does: the secret scan's
+    redaction (governance), as for prompts."""
     specs = toolbox.specs()
     if not specs:
         return LoopResult(await generate(request), (), 0)
@@ -103,8 +110,10 @@ async def answer_with_tools(
         if remaining <= 0:
             break
         ran = await asyncio.gather(
-            *(_run_one(toolbox, call, settings, deadline, clock) for call in answer.calls)
+            *(_run_one(toolbox, call, settings, deadline, clock, screen) for call in answer.calls)
         )
+        for record in ran:
+            toolbox.recorded(record)
         records.extend(ran)
         steps.append(ToolStep(answer.text, tuple(_outcome(r) for r in ran)))
     # Out of steps or time: the model must now answer from what it has.
@@ -123,6 +132,7 @@ async def _run_one(
     settings: ToolSettings,
     deadline: float,
     clock: Callable[[], float],
+    screen: Callable[[str], str],
 ) -> CallRecord:
     decision = await toolbox.decide(call)
     if not decision.allowed:
@@ -140,18 +150,7 @@ async def _run_one(
     size = len(text.encode())
     kept, cut = _cap(text, settings.max_result_bytes)
     outcome = "error" if is_error else "truncated" if cut else "ok"
-    record = CallRecord(call, decision, outcome, _ms(clock() - started), kept, size)
-    logger.info(
-        "tool call ran",
-        extra={
-            "tool": call.name,
-            "server": decision.server,
-            "outcome": outcome,
-            "result_bytes": size,
-            "duration_ms": record.duration_ms,
-        },
-    )
-    return record
+    return CallRecord(call, decision, outcome, _ms(clock() - started), screen(kept), size)
 
 
 def _cap(text: str, limit: int) -> tuple[str, bool]:

@@ -13,11 +13,12 @@ each call decided by its server's policy:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from agentd.providers.base import ToolCall, ToolSpec
 from agentd.tools.approvals import Approver
-from agentd.tools.loop import Decision
+from agentd.tools.loop import CallRecord, Decision
 from agentd.tools.servers import McpServer, ServerGone, ServerState
 from agentd.tools.settings import ToolSettings
 
@@ -46,10 +47,16 @@ class ToolServers:
     def snapshot(self) -> list[dict[str, Any]]:
         return [server.snapshot() for server in self.servers]
 
-    def for_chat(self, role: str, session_id: str, approver: Approver | None) -> ChatTools:
+    def for_chat(
+        self,
+        role: str,
+        session_id: str,
+        approver: Approver | None,
+        on_record: Callable[[CallRecord], None],
+    ) -> ChatTools:
         usable = tuple(s for s in self.servers if role in s.spec.roles)
         always = self._always.setdefault(session_id, set())
-        return ChatTools(usable, self.settings, always, approver)
+        return ChatTools(usable, self.settings, always, approver, on_record)
 
 
 class ChatTools:
@@ -61,11 +68,13 @@ class ChatTools:
         settings: ToolSettings,
         always: set[str],
         approver: Approver | None,
+        on_record: Callable[[CallRecord], None],
     ) -> None:
         self._servers = servers
         self._settings = settings
         self._always = always
         self._approver = approver
+        self.recorded = on_record
 
     def specs(self) -> tuple[ToolSpec, ...]:
         """Running servers' tools but the denied ones; a name two servers share: the first's."""
