@@ -245,7 +245,7 @@ class Daemon:
             limiter=limiter,
             gemini_health=self._gemini,
             gate=gate,
-            tools=_tool_servers(self.config),
+            tools=_tool_servers(self.config, health),
         )
         await restore_counters(self._db, metrics)
         self.runtime.metrics.starts.inc()
@@ -473,8 +473,8 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _tool_servers(config: Config) -> ToolServers | None:
+def _tool_servers(config: Config, health: HealthBoard) -> ToolServers | None:
     """The configured tool servers, or None when no enabled one is (nothing to start)."""
     if not any(server.enabled for server in config.tools.servers):
         return None
-    return ToolServers(config.tools)
+    return ToolServers(config.tools, health)

@@ -76,6 +76,7 @@ def test_a_single_call_runs_on_the_server_and_its_result_goes_back_to_the_model(
 ) -> None:
     daemon = start_with_tools(make_daemon, fake_gemini, time_server())
     listed = wait_running(daemon)
+    assert daemon.call("health")["components"]["tools"]["status"] == "ok"
     assert {t["name"] for t in listed["tools"]} == {"get_current_time", "convert_time"}
     fake_gemini.push(function_call(*UTC_NOW), answer("It is noon."))
 
@@ -231,6 +232,10 @@ command = "/nonexistent/mcp-server"
         return server["state"] == "backoff" and server["last_error"] is not None
 
     wait_until(failed, 30, "the missing server to fail")
+    health = daemon.call("health")
+    assert health["healthy"] is True
+    assert health["components"]["tools"]["status"] == "degraded"
+    assert "ghost: backoff" in health["components"]["tools"]["reason"]
     fake_gemini.push(answer("No tools today."))
     assert chat(daemon)["answer"] == "No tools today."
     assert fake_gemini.requests[-1].declared_tools == []

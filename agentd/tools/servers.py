@@ -54,10 +54,12 @@ class McpServer:
         settings: ToolSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = spec
         self._settings = settings
         self._clock = clock
+        self._on_change = on_change  # told of each state change (health)
         self.state = ServerState.STOPPED
         self.tools: tuple[ToolSpec, ...] = ()
         self.skipped: tuple[str, ...] = ()  # tools left out: their schema was unusable
@@ -116,7 +118,7 @@ class McpServer:
     async def _supervise(self) -> None:
         delay = self._settings.restart_backoff_s
         while True:
-            self.state = ServerState.STARTING
+            self._set_state(ServerState.STARTING)
             started = self._clock()
             try:
                 await self._serve_once()
@@ -124,7 +126,8 @@ class McpServer:
                 raise
             except Exception as exc:  # any way a server fails: it is restarted, never fatal
                 self.last_error = _describe(exc)
-            self._session, self.tools, self.state = None, (), ServerState.BACKOFF
+            self._session, self.tools = None, ()
+            self._set_state(ServerState.BACKOFF)
             if self._clock() - started > self._settings.restart_backoff_max_s:
                 delay = self._settings.restart_backoff_s  # it ran a good while: start afresh
             logger.warning(
@@ -137,6 +140,10 @@ class McpServer:
             await asyncio.sleep(delay)  # the backoff itself, not synchronisation
             delay = min(delay * 2, self._settings.restart_backoff_max_s)
             self.restarts += 1
+
+    def _set_state(self, state: ServerState) -> None:
+        self.state = state
+        self._on_change()
 
     async def _serve_once(self) -> None:
         from mcp import ClientSession
@@ -151,7 +158,8 @@ class McpServer:
                     f"tools left out (unusable input schema): {', '.join(self.skipped)}"
                 )
             self._failed = asyncio.Event()
-            self._session, self.state = session, ServerState.RUNNING
+            self._session = session
+            self._set_state(ServerState.RUNNING)
             logger.info(
                 "tool server %s running with %d tools",
                 self.spec.name,

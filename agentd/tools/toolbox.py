@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agentd.providers.base import ToolCall, ToolSpec
+from agentd.telemetry.health import HealthBoard, Level
 from agentd.tools.approvals import Approver
 from agentd.tools.loop import CallRecord, Decision
 from agentd.tools.servers import McpServer, ServerGone, ServerState
@@ -31,12 +32,26 @@ APPROVED = frozenset({"yes", "always"})
 class ToolServers:
     """Every enabled [[tools.servers]] entry, supervised; construct, then `start()` after READY."""
 
-    def __init__(self, settings: ToolSettings) -> None:
+    def __init__(self, settings: ToolSettings, health: HealthBoard) -> None:
         self.settings = settings
-        self.servers = tuple(McpServer(s, settings) for s in settings.servers if s.enabled)
+        self._health = health
+        self.servers = tuple(
+            McpServer(s, settings, on_change=self._report) for s in settings.servers if s.enabled
+        )
         self._always: dict[str, set[str]] = {}  # session id -> tools approved for it
 
+    def _report(self) -> None:
+        """The `tools` health component: degraded, never failed, while a server is down
+        (a tool server that cannot start is a detail, not the daemon's failure)."""
+        down = [s for s in self.servers if s.state is not ServerState.RUNNING]
+        reason = "; ".join(
+            f"{s.spec.name}: {s.state}" + (f" ({s.last_error})" if s.last_error else "")
+            for s in down
+        )
+        self._health.report("tools", Level.DEGRADED if down else Level.OK, reason or "all running")
+
     def start(self) -> None:
+        self._report()
         for server in self.servers:
             server.start()
 
