@@ -5,6 +5,7 @@ function-calling shapes (tests/fake_gemini.py cites them)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -239,3 +240,22 @@ command = "/nonexistent/mcp-server"
     fake_gemini.push(answer("No tools today."))
     assert chat(daemon)["answer"] == "No tools today."
     assert fake_gemini.requests[-1].declared_tools == []
+
+
+def test_agentctl_tools_lists_servers_and_each_tools_policy(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    servers = time_server(policy="ask", extra='tools = { convert_time = "deny" }')
+    daemon = start_with_tools(make_daemon, fake_gemini, servers)
+    wait_running(daemon)
+
+    text = daemon.agentctl("tools")
+    as_json = daemon.agentctl("--json", "tools")
+
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.decode().splitlines()
+    assert any(line.split()[:3] == ["time", "running", "2"] for line in lines)
+    assert any(line.split() == ["get_current_time", "time", "ask"] for line in lines)
+    assert any(line.split() == ["convert_time", "time", "deny"] for line in lines)
+    (listed,) = json.loads(as_json.stdout)["servers"]
+    assert listed["state"] == "running" and listed["last_error"] is None
