@@ -165,6 +165,11 @@ class ClientConnection(asyncio.Protocol):
             self._server.count_protocol_error()
             self._send(error_reply(request_id_of(message), exc.code, exc.message))
             return
+        if request.cmd == APPROVAL_COMMAND:
+            # Never answered: late (its chat is over) or from a connection that has no
+            # question waiting; an answer here would read as the next request's reply.
+            logger.info("an approval for no waiting question was dropped")
+            return
         reply = self._dispatcher.answer_now(request, self._peer)
         if reply is not None:
             self._send(reply)

@@ -161,3 +161,11 @@ def test_a_client_gone_while_asked_denies_and_the_daemon_stays_up(
     history = daemon.call("history", {})
     assert [m["status"] for m in history["messages"]][-1:] == ["interrupted"]
     assert len(fake_gemini.requests) == 1  # the model was never asked again: nothing ran
+
+
+def test_an_approval_with_no_question_waiting_gets_no_reply(daemon: DaemonProcess) -> None:
+    with Client(daemon.socket, timeout=10) as client:
+        client.send_approval("t-000000000000", "yes")
+        reply = client.call("ping")  # the next reply read is ping's, not a refusal
+
+    assert reply["pong"] is True
