@@ -120,3 +120,17 @@ def test_every_call_and_refusal_leaves_an_audit_row_without_its_content(
     assert {r["request_id"] for r in tool_rows} == {reply["request_id"]}
     assert "private words" not in str(rows)
     assert "private words" not in daemon.stderr()
+
+
+def test_a_tool_gemini_cannot_be_told_of_is_left_out_and_named(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    daemon = faults_daemon(make_daemon, fake_gemini)
+    fake_gemini.push(answer("Fine."))
+
+    chat(daemon)
+
+    listed = server(daemon)
+    assert listed["skipped"] == ["bad name!"]
+    assert "bad name!" in listed["last_error"]
+    assert set(fake_gemini.requests[-1].declared_tools) == {"echo", "crash", "hang", "big"}

@@ -4,6 +4,7 @@
     crash()         the process exits mid-call
     hang()          never answers
     big(megabytes)  returns that many MB of text
+    "bad name!"     a tool whose name no function declaration may have
 
 Run as `python tests/tools_fault_server.py`; built on the official SDK's MCPServer.
 """
@@ -41,6 +42,12 @@ async def hang() -> str:
 def big(megabytes: int) -> str:
     """Return `megabytes` MB of text."""
     return "x" * (megabytes * 1024 * 1024)
+
+
+@server.tool(name="bad name!")
+def bad_name() -> str:
+    """A name Gemini would refuse (agentd must leave it out)."""
+    return "never declared"
 
 
 if __name__ == "__main__":

@@ -18,11 +18,13 @@ import contextlib
 import enum
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentd.errors import AgentdError
 from agentd.providers.base import ToolSpec
 from agentd.tools.settings import ServerSpec, ToolSettings
 
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _PING_INTERVAL_S = 10.0  # how soon an idle server's crash is noticed
+# A function name Gemini accepts (API reference, FunctionDeclaration.name); a tool
+# named otherwise would make every request of the chat fail, so it is left out.
+_FUNCTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}\Z")
 
 
 class ServerState(enum.StrEnum):
@@ -41,7 +46,7 @@ class ServerState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-class ServerGone(Exception):
+class ServerGone(AgentdError):
     """The server is not running (starting, backing off, or it died mid-call)."""
 
 
@@ -155,7 +160,7 @@ class McpServer:
             self.tools, self.skipped = _specs(listed.tools)
             if self.skipped:
                 self.last_error = (
-                    f"tools left out (unusable input schema): {', '.join(self.skipped)}"
+                    f"tools left out (unusable schema or name): {', '.join(self.skipped)}"
                 )
             self._failed = asyncio.Event()
             self._session = session
@@ -213,12 +218,16 @@ class McpServer:
 
 
 def _specs(tools: list[Any]) -> tuple[tuple[ToolSpec, ...], tuple[str, ...]]:
-    """Tools whose input schema is a JSON object schema; the names of the others."""
+    """Tools Gemini can be told of (an object schema, a valid name); the names of the others."""
     kept: list[ToolSpec] = []
     skipped: list[str] = []
     for tool in tools:
         schema = tool.input_schema
-        if isinstance(schema, dict) and schema.get("type") == "object":
+        if (
+            isinstance(schema, dict)
+            and schema.get("type") == "object"
+            and _FUNCTION_NAME.match(tool.name)
+        ):
             kept.append(ToolSpec(tool.name, tool.description or "", schema))
         else:
             skipped.append(tool.name)
