@@ -52,6 +52,7 @@ from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
 from agentd.telemetry.loop_lag import LoopLagMonitor
+from agentd.telemetry.metrics import Registry
 from agentd.tools.toolbox import ToolServers
 from agentd.trust import check_state_dir
 
@@ -245,7 +246,7 @@ class Daemon:
             limiter=limiter,
             gemini_health=self._gemini,
             gate=gate,
-            tools=_tool_servers(self.config, health),
+            tools=_tool_servers(self.config, health, metrics.registry),
         )
         await restore_counters(self._db, metrics)
         self.runtime.metrics.starts.inc()
@@ -473,8 +474,8 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def _tool_servers(config: Config, health: HealthBoard) -> ToolServers | None:
+def _tool_servers(config: Config, health: HealthBoard, registry: Registry) -> ToolServers | None:
     """The configured tool servers, or None when no enabled one is (nothing to start)."""
     if not any(server.enabled for server in config.tools.servers):
         return None
-    return ToolServers(config.tools, health)
+    return ToolServers(config.tools, health, registry)

@@ -120,6 +120,10 @@ def test_every_call_and_refusal_leaves_an_audit_row_without_its_content(
     assert {r["request_id"] for r in tool_rows} == {reply["request_id"]}
     assert "private words" not in str(rows)
     assert "private words" not in daemon.stderr()
+    text = daemon.call("metrics", {"format": "prometheus"})["text"]
+    assert 'tool_calls_total{tool="echo",decision="allow",outcome="ok"} 1' in text
+    assert 'tool_calls_total{tool="(unknown)",decision="unknown",outcome="not_run"} 1' in text
+    assert "agentd_tool_servers_running 1" in text
 
 
 def test_a_tool_gemini_cannot_be_told_of_is_left_out_and_named(

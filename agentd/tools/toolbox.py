@@ -18,6 +18,7 @@ from typing import Any
 
 from agentd.providers.base import ToolCall, ToolSpec
 from agentd.telemetry.health import HealthBoard, Level
+from agentd.telemetry.metrics import Registry
 from agentd.tools.approvals import Approver
 from agentd.tools.loop import CallRecord, Decision
 from agentd.tools.servers import McpServer, ServerGone, ServerState
@@ -32,13 +33,23 @@ APPROVED = frozenset({"yes", "always"})
 class ToolServers:
     """Every enabled [[tools.servers]] entry, supervised; construct, then `start()` after READY."""
 
-    def __init__(self, settings: ToolSettings, health: HealthBoard) -> None:
+    def __init__(self, settings: ToolSettings, health: HealthBoard, registry: Registry) -> None:
         self.settings = settings
         self._health = health
         self.servers = tuple(
             McpServer(s, settings, on_change=self._report) for s in settings.servers if s.enabled
         )
         self._always: dict[str, set[str]] = {}  # session id -> tools approved for it
+        self._calls = registry.counter(
+            "tool_calls_total",
+            "Tool calls the model asked for, by tool, decision and outcome.",
+            ("tool", "decision", "outcome"),
+        )
+        registry.gauge(
+            "tool_servers_running",
+            "Configured tool servers now running.",
+            callback=lambda: sum(s.state is ServerState.RUNNING for s in self.servers),
+        )
 
     def _report(self) -> None:
         """The `tools` health component: degraded, never failed, while a server is down
@@ -71,7 +82,14 @@ class ToolServers:
     ) -> ChatTools:
         usable = tuple(s for s in self.servers if role in s.spec.roles)
         always = self._always.setdefault(session_id, set())
-        return ChatTools(usable, self.settings, always, approver, on_record)
+
+        def counted(record: CallRecord) -> None:
+            # A name the model made up is not a label: it would grow the series unbounded.
+            tool = record.call.name if record.decision.server else "(unknown)"
+            self._calls.inc(tool=tool, decision=record.decision.verdict, outcome=record.outcome)
+            on_record(record)
+
+        return ChatTools(usable, self.settings, always, approver, counted)
 
 
 class ChatTools:
