@@ -169,3 +169,17 @@ def test_an_approval_with_no_question_waiting_gets_no_reply(daemon: DaemonProces
         reply = client.call("ping")  # the next reply read is ping's, not a refusal
 
     assert reply["pong"] is True
+
+
+def test_a_streamed_chat_runs_its_calls_and_streams_the_final_answer(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    daemon = ask_daemon(make_daemon, fake_gemini)
+    fake_gemini.push(function_call(*UTC_NOW), answer("It is noon in UTC."))
+
+    done = daemon.agentctl("chat", "--approve", "get_current_time", "time?")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == "It is noon in UTC.\n"
+    assert fake_gemini.requests[-1].action == "streamGenerateContent"
+    assert "output" in fake_gemini.requests[-1].function_responses[0]["response"]
