@@ -9,7 +9,7 @@ the key and the file.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agentd.constraints import bounded
@@ -34,7 +34,8 @@ class ServerSpec:
     transport: str = "stdio"
     command: str = ""  # stdio: the program (a path, or a name on PATH)
     args: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()  # stdio: the server's whole environment
+    # stdio: added to a minimal environment; may hold a token: never in repr (--check-config)
+    env: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     cwd: str | None = None
     url: str = ""  # http: the streamable HTTP endpoint
     token_file: str | None = None  # http: a bearer token, read when connecting
