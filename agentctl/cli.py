@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agentctl import backup, budget, conversation, dataport, exits, ops, search
+from agentctl import backup, budget, conversation, dataport, exits, ops, search, tools
 from agentctl.client import ConnectionLost, DaemonError, NotRunning, PermissionRefused
 from agentctl.context import Options, describe, fail, json_option, options, show
 from agentctl.output import (
@@ -242,3 +242,4 @@ budget.register(cli)
 backup.register(cli)
 dataport.register(cli)
 search.register(cli)
+tools.register(cli)

@@ -137,6 +137,10 @@ class Client:
                 return result
             raise DaemonError(message.get("error") or {})
 
+    def send_approval(self, request: str, answer: str) -> None:
+        """Answer a chat's tool_request while its reply is awaited (no reply of its own)."""
+        self._send(make_request(next(self._ids), "tool_approval", {"request": request, "answer": answer}))
+
     def limits(self) -> Limits | None:
         """The daemon's size limits, or None from a daemon that does not say."""
         found: Any = self.call("ping").get("limits")

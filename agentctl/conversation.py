@@ -20,6 +20,7 @@ from agentctl.client import Client
 from agentctl.context import fail, json_option, options
 from agentctl.output import for_terminal, print_json, print_table, style, visible
 from agentctl.since import parse_since
+from agentctl.tools import approver_for
 
 CHAT_TIMEOUT_S = 600.0  # above the daemon's own deadline, so the daemon decides
 # Prompts above this ask the daemon for its limits first (below the smallest sane limit).
@@ -46,6 +47,13 @@ FRAME_ROOM = 4096  # what a chat request holds beside the prompt (names, system 
     is_flag=True,
     help="Send credentials found in this message as they are, where [secrets_scan] permits it.",
 )
+@click.option(
+    "--approve",
+    "approve",
+    metavar="TOOL",
+    multiple=True,
+    help="Allow the model to call TOOL without asking (repeatable); in a pipe, the only yes.",
+)
 @json_option
 def chat(
     message: str | None,
@@ -56,6 +64,7 @@ def chat(
     no_stream: bool,
     model: str | None,
     allow_secrets: bool,
+    approve: tuple[str, ...],
 ) -> None:
     """Ask the agent. Exit 5 when the answer is degraded (not from the model)."""
     opts = options()
@@ -81,6 +90,8 @@ def chat(
         if system_prompt is not None:
             args["system_prompt"] = system_prompt
     streamed: list[str] = []
+    approver = approver_for(approve)
+    client = opts.client(timeout=CHAT_TIMEOUT_S)
 
     def on_event(event: dict[str, Any]) -> None:
         if event.get("event") == "chunk":
@@ -90,8 +101,10 @@ def chat(
             sys.stdout.flush()
         elif event.get("event") == "wait":
             _show_wait(event)
+        elif event.get("event") == "tool_request":
+            client.send_approval(str(event.get("request")), approver.answer(event))
 
-    with opts.client(timeout=CHAT_TIMEOUT_S) as client:
+    with client:
         check_prompt_size(client, prompt)
         result = client.call("chat", args, on_event=on_event)
     _print_answer(result, streamed, as_json=opts.json)

@@ -43,6 +43,8 @@ from agentd.store.database import Database
 from agentd.store.recent import Exchange
 from agentd.store.sessions import Session
 from agentd.telemetry.instruments import Instruments
+from agentd.tools.loop import LoopResult, Toolbox, answer_with_tools, describe
+from agentd.tools.settings import ToolSettings
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class ChatReply:
     status: str  # the stored status: complete, incomplete, truncated, empty, blocked, degraded
     redacted: dict[str, int]  # secrets replaced by placeholders before sending, per kind
     budget_warning: str | None  # a budget passed its warning share
+    tools: tuple[dict[str, Any], ...] = ()  # the tool calls made: names, decisions, timings
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +85,7 @@ class ChatReply:
             "status": self.status,
             "redacted": self.redacted,
             "budget_warning": self.budget_warning,
+            "tools": list(self.tools),
         }
 
 
@@ -148,6 +152,7 @@ class ChatPipeline:
         limiter: RequestLimiter,
         metrics: Instruments,
         gate: Gate,
+        tools: ToolSettings | None = None,
     ) -> None:
         self._settings = settings
         self._gemini = gemini
@@ -157,6 +162,7 @@ class ChatPipeline:
         self._limiter = limiter
         self._metrics = metrics
         self._gate = gate
+        self._tools = tools or ToolSettings()
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
         self._context = ContextBuilder(settings, gemini, db, provider)
 
@@ -170,6 +176,7 @@ class ChatPipeline:
         peer_uid: int,
         on_wait: OnWait | None = None,
         ask: Ask = PLAIN_ASK,
+        tools: Toolbox | None = None,
     ) -> ChatReply:
         validate_prompt(prompt, self._settings.max_prompt_bytes)
         self._limiter.check(peer_uid, session.id, CHAT)  # RATE_LIMITED with retry_after
@@ -178,7 +185,9 @@ class ChatPipeline:
         async with self.queue.admit():  # QueueFull (BUSY) at once when the queue is full
             self._lifecycle.begin_work()
             try:
-                return await self._answer(session, request_id, prompt, on_chunk, on_wait, screened)
+                return await self._answer(
+                    session, request_id, prompt, on_chunk, on_wait, screened, tools
+                )
             finally:
                 self._lifecycle.end_work()
 
@@ -190,6 +199,7 @@ class ChatPipeline:
         on_chunk: OnChunk | None,
         on_wait: OnWait | None,
         screened: Screened,
+        tools: Toolbox | None,
     ) -> ChatReply:
         started = time.monotonic()
         # A group commit, checked: refused (STORE_UNAVAILABLE) if the database
@@ -201,7 +211,8 @@ class ChatPipeline:
             )
             request = self._gate.apply(request, screened)  # redacted; model and cap per role
             asked = time.monotonic()
-            answer = await self._provider.generate(request, on_chunk, on_wait=on_wait)
+            looped = await self._ask_model(request, on_chunk, on_wait, tools)
+            answer = looped.answer
             self._metrics.observe_provider(time.monotonic() - asked)
             model_turn = _model_turn(answer)
             answer_id = await self._db.write(
@@ -249,6 +260,25 @@ class ChatPipeline:
             status=str(answer.status),
             redacted=screened.redacted,
             budget_warning=budget_warning,
+            tools=tuple(describe(looped.records)),
+        )
+
+    async def _ask_model(
+        self,
+        request: GenerationRequest,
+        on_chunk: OnChunk | None,
+        on_wait: OnWait | None,
+        tools: Toolbox | None,
+    ) -> LoopResult:
+        """The tool-loop step: the provider alone, or the loop around it (agentd/tools/)."""
+
+        async def generate(step: GenerationRequest) -> Answer:
+            return await self._provider.generate(step, on_chunk, on_wait=on_wait)
+
+        if tools is None:
+            return LoopResult(await generate(request), (), 0)
+        return await answer_with_tools(
+            generate, request, tools, self._tools, screen=self._gate.redact_untrusted
         )
 
     async def _build_request(

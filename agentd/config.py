@@ -28,6 +28,7 @@ from agentd.governance.settings import BudgetSettings, ModelPolicySettings, Scan
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
+from agentd.tools.settings import ServerSpec, ToolConfigProblem, ToolSettings, parse_servers
 
 PROFILES: Final = ("development", "staging", "production")
 SOCKET_GROUP_ROLES: Final = ("chat", "read", "none")
@@ -148,6 +149,7 @@ class Config:
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    tools: ToolSettings = field(default_factory=ToolSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -174,6 +176,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "model_policy": ModelPolicySettings,
     "audit": AuditSettings,
     "retention": RetentionSettings,
+    "tools": ToolSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
@@ -324,6 +327,11 @@ def _coerce(key: str, raw: Any, expected: Any, origin: str) -> Any:
         if type(None) in allowed:
             return None
         raise ConfigError(f"{origin}: {key} must not be empty")
+    if expected == tuple[ServerSpec, ...]:
+        try:
+            return parse_servers(raw)
+        except ToolConfigProblem as exc:
+            raise ConfigError(f"{origin}: {key}: {exc}") from None
     for kind in allowed:
         converted = _convert(raw, kind)
         if converted is not _NO:

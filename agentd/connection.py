@@ -40,6 +40,7 @@ from agentd.protocol import (
     parse_request,
     request_id_of,
 )
+from agentd.tools.approvals import APPROVAL_COMMAND, Approvals
 
 if TYPE_CHECKING:
     from agentd.server import Server
@@ -58,6 +59,7 @@ class ClientConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._request: asyncio.Task[dict[str, Any]] | None = None  # the handler that waits
         self._long_running = False  # the waiting handler ends when the client hangs up
+        self._approvals: Approvals | None = None  # a waiting chat's answers from its peer
         self._eof = False  # the client sent end-of-file: finish the current request, then close
         self._closed = False
         self._writable: asyncio.Future[None] | None = None  # set while writing is paused
@@ -84,6 +86,8 @@ class ClientConnection(asyncio.Protocol):
         self._buffer += data
         if started_frame:
             self._since = self._loop.time()
+        if self._approvals is not None:
+            self._take_approvals(self._approvals)
         self._serve_buffered()
 
     def eof_received(self) -> bool:
@@ -101,6 +105,8 @@ class ClientConnection(asyncio.Protocol):
         self._closed = True
         self._server.forget(self, self._peer)  # its slot goes back, however it ended
         self._cancel_timer()
+        if self._approvals is not None:
+            self._approvals.close()  # an open question is a denial
         if self._request is not None and self._long_running:
             self._request.cancel()
         self._wake_writers()  # an emit waiting to write finds the connection closed
@@ -159,17 +165,45 @@ class ClientConnection(asyncio.Protocol):
             self._server.count_protocol_error()
             self._send(error_reply(request_id_of(message), exc.code, exc.message))
             return
+        if request.cmd == APPROVAL_COMMAND:
+            # Never answered: late (its chat is over) or from a connection that has no
+            # question waiting; an answer here would read as the next request's reply.
+            logger.info("an approval for no waiting question was dropped")
+            return
         reply = self._dispatcher.answer_now(request, self._peer)
         if reply is not None:
             self._send(reply)
             return
         self._start_waiting_request(request)
 
+    def _take_approvals(self, approvals: Approvals) -> None:
+        """While a chat waits, the tool_approval frames at the head of the buffer are
+        its peer's answers: delivered now, never queued behind the chat. Any other
+        frame stops the scan and waits its turn, as before."""
+        buffer = self._buffer
+        while len(buffer) >= HEADER.size:
+            try:
+                end = HEADER.size + frame_length(buffer, self._settings.max_frame_bytes)
+                if len(buffer) < end:
+                    return
+                request = parse_request(decode_body(bytes(buffer[HEADER.size : end])))
+            except ProtocolError:
+                return  # refused in turn, once the chat is answered
+            if request.cmd != APPROVAL_COMMAND:
+                return
+            del buffer[:end]
+            if not approvals.deliver(request.args):
+                logger.info("an approval for no waiting question was dropped")
+
     def _start_waiting_request(self, request: Request) -> None:
         spec = self._dispatcher.spec(request.cmd)  # None: unknown, refused by dispatch
         self._long_running = spec is not None and spec.long_running
         must_finish = spec is not None and spec.drained  # a chat, not a log follow
-        handling = self._dispatcher.handle(request, self._peer, self._emit_for(request.id))
+        if spec is not None and spec.name == "chat":
+            self._approvals = Approvals()
+        handling = self._dispatcher.handle(
+            request, self._peer, self._emit_for(request.id), self._approvals
+        )
         self._request = self._loop.create_task(handling)
         if must_finish:
             self._server.begin_finishing()
@@ -178,6 +212,7 @@ class ClientConnection(asyncio.Protocol):
     def _finish_request(self, task: asyncio.Task[dict[str, Any]], must_finish: bool) -> None:
         self._request = None
         self._long_running = False
+        self._approvals = None
         if must_finish:
             self._server.end_finishing()
         # Cancelled: the client left or the daemon stops, so there is no reply to

@@ -54,6 +54,8 @@ from agentd.telemetry.health import HealthBoard, Level
 from agentd.telemetry.instruments import Instruments, restore_counters, save_counters
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
 from agentd.telemetry.loop_lag import LoopLagMonitor
+from agentd.telemetry.metrics import Registry
+from agentd.tools.toolbox import ToolServers
 from agentd.trust import check_state_dir
 
 logger = logging.getLogger(__name__)
@@ -216,6 +218,7 @@ class Daemon:
             limiter,
             metrics,
             gate,
+            self.config.tools,
         )
         health = HealthBoard()
         self._verdicts = Verdicts(health, self.lifecycle)
@@ -246,6 +249,7 @@ class Daemon:
             limiter=limiter,
             gemini_health=self._gemini,
             gate=gate,
+            tools=_tool_servers(self.config, health, metrics.registry),
         )
         await restore_counters(self._db, metrics)
         self.runtime.metrics.starts.inc()
@@ -323,6 +327,9 @@ class Daemon:
         if self.runtime.provider.configuration_problem() is None:
             # google-genai costs ~0.85 s to import: pay it now, after READY, not on the first chat.
             self._spawn(self.runtime.provider.warm_up(), "gemini-warm-up")
+        if self.runtime.tools is not None:
+            # After READY: spawning servers and importing `mcp` (~0.8 s) must not delay it.
+            self.runtime.tools.start()
 
     def _health_checks(self, runtime: Runtime) -> HealthChecks:
         return HealthChecks(
@@ -401,6 +408,8 @@ class Daemon:
             await self._gemini.aclose()
         if self.runtime is not None:
             await self.runtime.provider.aclose()
+            if self.runtime.tools is not None:
+                await self.runtime.tools.aclose()
         await self._close_store()  # 5. persist state and close the store
         self._release_state_dir()  # 6. the next daemon may start on this state dir
         self._remove_socket()  # 7. the socket file goes last: clients see "not running"
@@ -468,3 +477,10 @@ def _raise_fd_limit() -> None:
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _tool_servers(config: Config, health: HealthBoard, registry: Registry) -> ToolServers | None:
+    """The configured tool servers, or None when no enabled one is (nothing to start)."""
+    if not any(server.enabled for server in config.tools.servers):
+        return None
+    return ToolServers(config.tools, health, registry)

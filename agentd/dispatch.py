@@ -35,6 +35,7 @@ from agentd.ratelimit import CHEAP, RequestLimiter
 from agentd.refusals import REFUSALS, RefusalAudit
 from agentd.telemetry.instruments import Instruments
 from agentd.telemetry.logs import peer_uid_var, request_id_var, session_id_var
+from agentd.tools.approvals import Approvals
 from agentd.untrusted import clip
 
 if TYPE_CHECKING:
@@ -126,8 +127,10 @@ class Dispatcher:
         self._account_nowait(finished)
         return reply
 
-    async def handle(self, request: Request, peer: Peer, emit: Emit) -> dict[str, Any]:
-        call = self._begin(request, peer, emit)
+    async def handle(
+        self, request: Request, peer: Peer, emit: Emit, approvals: Approvals | None = None
+    ) -> dict[str, Any]:
+        call = self._begin(request, peer, emit, approvals)
         started, arrived = time.monotonic(), time.time()
         spec = self._commands.get(request.cmd)  # None: unknown, refused by _admit
         try:
@@ -147,8 +150,10 @@ class Dispatcher:
         await self._account(finished)
         return reply
 
-    def _begin(self, request: Request, peer: Peer, emit: Emit) -> Call:
-        call = Call(request, new_request_id(), peer, emit, AuditFacts())
+    def _begin(
+        self, request: Request, peer: Peer, emit: Emit, approvals: Approvals | None = None
+    ) -> Call:
+        call = Call(request, new_request_id(), peer, emit, AuditFacts(), approvals)
         request_id_var.set(call.request_id)
         session_id_var.set(None)
         peer_uid_var.set(peer.uid)

@@ -32,6 +32,7 @@ from agentd.telemetry.gemini import GeminiHealth
 from agentd.telemetry.health import HealthBoard
 from agentd.telemetry.instruments import Instruments, Readings
 from agentd.telemetry.logs import LogSinks
+from agentd.tools.toolbox import ToolServers
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Runtime:
     gemini_health: GeminiHealth  # the one owner of the gemini verdict and its ERROR
     gate: Gate  # model policy, budgets, secret scan (the chat pipeline's governance step)
     imports: ImportStaging = field(default_factory=ImportStaging)  # imports under way
+    tools: ToolServers | None = None  # the [[tools.servers]]; None when none is enabled
     started_monotonic: float = field(default_factory=time.monotonic)
     started_wall: float = field(default_factory=time.time)
     version: str = __version__

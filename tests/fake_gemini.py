@@ -92,6 +92,8 @@ class Reply:
     # Stream: the finishReason comes alone in one more event, with no content.
     finish_alone: bool = False
     forever: bool = False  # stream: repeat the chunks until the client hangs up
+    # functionCall parts ({"name", "args"[, "id"]}) after any text, in the last event.
+    calls: tuple[dict[str, Any], ...] = ()
 
 
 def answer(
@@ -104,6 +106,34 @@ def answer(
 ) -> Reply:
     return Reply(text="".join(chunks) if chunks else text, chunks=chunks,
                  finish_reason=finish_reason, delay_s=delay_s, chunk_delay_s=chunk_delay_s)
+
+
+# --- function calling (API reference: Function calling; FunctionCall, FunctionResponse) ---
+# With tools declared, the model answers with `functionCall` parts in the
+# candidate's content instead of (or after) text: {"name": ..., "args": {...}},
+# several in one turn for parallel calls; the finishReason is STOP. The client
+# sends each result back as a `functionResponse` part ({"name", "response"}) in
+# a user turn after the model's turn. A call the model failed to express ends
+# with finishReason MALFORMED_FUNCTION_CALL and no content. Under
+# toolConfig.functionCallingConfig.mode NONE the model never calls.
+
+
+def function_call(name: str, args: Any = None, *, text: str = "", call_id: str | None = None
+                  ) -> Reply:
+    """One call; `args` as sent (a dict, or anything for malformed arguments)."""
+    call: dict[str, Any] = {"name": name, "args": {} if args is None else args}
+    if call_id is not None:
+        call["id"] = call_id
+    return Reply(text=text, calls=(call,))
+
+
+def function_calls(*calls: tuple[str, dict[str, Any]]) -> Reply:
+    """Parallel calls in one model turn."""
+    return Reply(text="", calls=tuple({"name": n, "args": a} for n, a in calls))
+
+
+def malformed_function_call() -> Reply:
+    return Reply(text="", finish_reason="MALFORMED_FUNCTION_CALL")
 
 
 def echo() -> Reply:
@@ -318,6 +348,25 @@ class RecordedRequest:
         if not isinstance(self.body, dict) or "systemInstruction" not in self.body:
             return None
         return "".join(p.get("text", "") for p in self.body["systemInstruction"].get("parts", []))
+
+    @property
+    def function_responses(self) -> list[dict[str, Any]]:
+        """Every functionResponse part of `contents`, in order."""
+        return [part["functionResponse"] for content in self.contents
+                for part in content.get("parts", []) if "functionResponse" in part]
+
+    @property
+    def declared_tools(self) -> list[str]:
+        """The names of the function declarations sent."""
+        tools = self.body.get("tools", []) if isinstance(self.body, dict) else []
+        return [d["name"] for tool in tools for d in tool.get("functionDeclarations", [])]
+
+    @property
+    def calling_mode(self) -> str | None:
+        if not isinstance(self.body, dict):
+            return None
+        config = self.body.get("toolConfig", {}).get("functionCallingConfig", {})
+        return config.get("mode")
 
     @property
     def api_key(self) -> str | None:
@@ -543,6 +592,8 @@ class FakeGemini:
         if reply.echo:
             texts = request.texts
             reply = replace(reply, text=f"You said: {texts[-1] if texts else ''}")
+        if reply.calls and request.calling_mode == "NONE":
+            reply = replace(reply, calls=(), text=reply.text or DEFAULT_TEXT)
         if request.action == "get":
             await _send(writer, 200, json.dumps(_model_info(request.model or "")).encode())
             return True
@@ -657,8 +708,11 @@ def _response(request: RecordedRequest, reply: Reply, text: str, last: bool,
         return {"usageMetadata": usage, "modelVersion": request.model,
                 "responseId": "fake-response"}
     candidate: dict[str, Any] = {"index": 0}
-    if text:
-        candidate["content"] = {"role": "model", "parts": [{"text": text}]}
+    parts: list[dict[str, Any]] = [{"text": text}] if text else []
+    if last:
+        parts += [{"functionCall": call} for call in reply.calls]
+    if parts:
+        candidate["content"] = {"role": "model", "parts": parts}
     elif reply.shape == "no_parts":
         candidate["content"] = {"role": "model"}
     if last and reply.finish_reason is not None:

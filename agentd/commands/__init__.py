@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from agentd.access import Peer, Role
 from agentd.protocol import Request
+from agentd.tools.approvals import Approvals
 
 if TYPE_CHECKING:
     from agentd.runtime import Runtime
@@ -89,6 +90,7 @@ class Call(NamedTuple):
     peer: Peer
     emit: Emit  # sends one event ("chunk", "log") before the reply, on the request's transport
     facts: AuditFacts
+    approvals: Approvals | None = None  # a chat's answers from its peer (tool approvals)
 
     @property
     def args(self) -> dict[str, Any]:

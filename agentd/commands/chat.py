@@ -23,6 +23,8 @@ from agentd.runtime import Runtime
 from agentd.store import sessions
 from agentd.store.sessions import Session
 from agentd.telemetry.logs import session_id_var
+from agentd.tools.approvals import peer_approver
+from agentd.tools.trail import recorder
 
 SPECS = CommandSet()
 command = SPECS.command
@@ -62,6 +64,14 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         # Streamed or not: a client waiting on a long retry deserves to know why.
         await call.emit("wait", wait._asdict())
 
+    tools = None
+    if runtime.tools is not None:
+        approver = None
+        if call.approvals is not None:
+            timeout = runtime.config.tools.approval_timeout_s
+            approver = peer_approver(call.approvals, call.emit, call.peer.uid, timeout)
+        on_record = recorder(runtime.audit, call.request_id, call.peer, session.id)
+        tools = runtime.tools.for_chat(ask.role.name.lower(), session.id, approver, on_record)
     reply = await runtime.chat.chat(
         session,
         call.request_id,
@@ -70,6 +80,7 @@ async def chat(runtime: Runtime, call: Call) -> dict[str, Any]:
         peer_uid=call.peer.uid,
         on_wait=send_wait,
         ask=ask,
+        tools=tools,
     )
     call.facts.charged(reply.model, reply.tokens_in, reply.tokens_out)
     return reply.as_dict()

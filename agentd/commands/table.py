@@ -23,6 +23,7 @@ from agentd.commands import (
     search,
     status,
     stop,
+    tools,
 )
 
 DECLARED: tuple[CommandSet, ...] = (
@@ -38,6 +39,7 @@ DECLARED: tuple[CommandSet, ...] = (
     export.SPECS,
     search.SPECS,
     retention.SPECS,
+    tools.SPECS,
 )
 
 

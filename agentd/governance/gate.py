@@ -141,6 +141,11 @@ class Gate:
         self._publish(self._ledger.statuses(screened.uid))
         return budgets.warning_text(self._ledger.warnings(screened.uid), self._clock())
 
+    def redact_untrusted(self, text: str) -> str:
+        """Text that reaches the model from elsewhere (a tool's result): each secret the
+        policy does not allow is redacted, never refused (there is no one to refuse)."""
+        return self._redact_history(text)
+
     def _redact_history(self, text: str) -> str:
         found = [f for f in self._scanner.recall(text) if self._scan.action(f.cls) != "allow"]
         return redact(text, found) if found else text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from agentd.providers.errors import ProviderError
@@ -62,6 +62,37 @@ class Turn(NamedTuple):
     text: str
 
 
+class ToolSpec(NamedTuple):
+    """A tool the model may call: its name, what it does, its arguments' JSON schema."""
+
+    name: str
+    description: str
+    schema: dict[str, Any]
+
+
+class ToolCall(NamedTuple):
+    """A function call the model asked for. `args` None: the arguments were not an object."""
+
+    call_id: str | None
+    name: str
+    args: dict[str, Any] | None
+
+
+class ToolOutcome(NamedTuple):
+    """What a call gave, sent back as a function response: `output` or `error`."""
+
+    call: ToolCall
+    output: str | None
+    error: str | None = None
+
+
+class ToolStep(NamedTuple):
+    """One round of the tool loop: the model's calls and what each gave, in order."""
+
+    text: str  # any text the model wrote beside its calls
+    outcomes: tuple[ToolOutcome, ...]
+
+
 class GenerationRequest(NamedTuple):
     """Everything a provider needs for one answer.
 
@@ -78,6 +109,9 @@ class GenerationRequest(NamedTuple):
     model: str | None = None
     max_answer_bytes: int | None = None
     max_output_tokens: int | None = None
+    tools: tuple[ToolSpec, ...] = ()  # declared to the model; empty: none
+    steps: tuple[ToolStep, ...] = ()  # the tool rounds so far, after `turns`
+    allow_calls: bool = True  # False: tools stay declared, the model may not call them
 
 
 class Answer(NamedTuple):
@@ -106,6 +140,7 @@ class Answer(NamedTuple):
     notice: str | None = None
     error_kind: str | None = None
     status: AnswerStatus = AnswerStatus.COMPLETE
+    calls: tuple[ToolCall, ...] = ()  # function calls the model asked for (tool loop)
 
 
 class Provider(abc.ABC):

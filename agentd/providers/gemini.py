@@ -23,7 +23,17 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from agentd.providers.base import Answer, AnswerStatus, GenerationRequest, OnChunk, Provider, Turn
+from agentd.providers.base import (
+    Answer,
+    AnswerStatus,
+    GenerationRequest,
+    OnChunk,
+    Provider,
+    ToolCall,
+    ToolSpec,
+    ToolStep,
+    Turn,
+)
 from agentd.providers.errors import (
     Blocked,
     MalformedResponse,
@@ -89,8 +99,11 @@ class GeminiProvider(Provider):
     async def generate(self, request: GenerationRequest, on_chunk: OnChunk | None = None) -> Answer:
         client = await self._require_client()
         model = request.model or self._settings.model
-        contents = _contents(request.turns)
+        contents = _contents(request.turns) + _step_contents(request.steps)
         config = _config(self._settings, request.system_prompt, request.max_output_tokens)
+        if request.tools:
+            config.tools = [_declare(request.tools)]
+            config.tool_config = _tool_config(request.allow_calls)
         reading = _Reading(request.max_answer_bytes)
         if on_chunk is None:
             with translate_errors(), _body_bound(request.max_answer_bytes):
@@ -233,9 +246,74 @@ def _config(
         system_instruction=system_prompt or None,
         temperature=settings.temperature,
         max_output_tokens=max_output_tokens or settings.max_output_tokens,
-        # No tools are declared; disabling AFC also skips its per-call log line.
+        # The tool loop is agentd's own (agentd/tools/loop.py), so the SDK must never
+        # run a call itself; with no tools declared this also skips AFC's log line.
         automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True),
     )
+
+
+def _declare(tools: tuple[ToolSpec, ...]) -> types.Tool:
+    """FunctionDeclarations from the tools' JSON schemas (MCP inputSchema).
+
+    `parametersJsonSchema` takes a JSON Schema as is (API reference,
+    FunctionDeclaration), unlike `parameters`, an OpenAPI subset that MCP
+    schemas often fall outside of.
+    """
+    from google.genai import types
+
+    return types.Tool(
+        function_declarations=[
+            types.FunctionDeclaration(
+                name=tool.name, description=tool.description, parameters_json_schema=tool.schema
+            )
+            for tool in tools
+        ]
+    )
+
+
+def _tool_config(allow_calls: bool) -> types.ToolConfig:
+    """AUTO lets the model call or answer; NONE (the loop's last request) makes it
+    answer in text with the tools still declared (API reference, FunctionCallingConfig)."""
+    from google.genai import types
+
+    mode = (
+        types.FunctionCallingConfigMode.AUTO
+        if allow_calls
+        else types.FunctionCallingConfigMode.NONE
+    )
+    return types.ToolConfig(function_calling_config=types.FunctionCallingConfig(mode=mode))
+
+
+def _step_contents(steps: tuple[ToolStep, ...]) -> list[types.Content]:
+    """Each round as the API wants it: the model's turn with its functionCall parts,
+    then a user turn with one functionResponse per call, in the same order
+    (API reference, FunctionResponse: `output` for a result, `error` for a failure)."""
+    from google.genai import types
+
+    contents: list[types.Content] = []
+    for step in steps:
+        calls = [
+            types.Part(
+                function_call=types.FunctionCall(
+                    id=o.call.call_id, name=o.call.name, args=o.call.args or {}
+                )
+            )
+            for o in step.outcomes
+        ]
+        text = [types.Part(text=step.text)] if step.text else []
+        contents.append(types.Content(role="model", parts=text + calls))
+        responses = [
+            types.Part(
+                function_response=types.FunctionResponse(
+                    id=o.call.call_id,
+                    name=o.call.name,
+                    response={"output": o.output} if o.error is None else {"error": o.error},
+                )
+            )
+            for o in step.outcomes
+        ]
+        contents.append(types.Content(role="user", parts=responses))
+    return contents
 
 
 async def _next_chunk(
@@ -293,6 +371,7 @@ class _Reading:
         self._candidates = False  # any response had a candidate
         self._finish: str | None = None
         self._usage: types.GenerateContentResponseUsageMetadata | None = None
+        self.calls: list[ToolCall] = []
 
     def add(self, response: types.GenerateContentResponse) -> str:
         """Take one response or chunk; the text to pass on (cut at the limit)."""
@@ -306,6 +385,7 @@ class _Reading:
             self._candidates = True
             finish = _finish_reason(response)
             self._finish = finish or self._finish
+            self.calls.extend(_calls_of(response))
         return self._keep(_text_of(response))
 
     def _keep(self, text: str) -> str:
@@ -325,10 +405,13 @@ class _Reading:
     def answer(self, model: str) -> Answer:
         """The answer read so far; raises Blocked or NoText when there is no text."""
         text = "".join(self._pieces)
+        tokens_in, tokens_out = _token_counts(self._usage)
+        if self.calls:
+            # The model asked for tools: the loop runs them and asks again.
+            return Answer(text, model, tokens_in, tokens_out, calls=tuple(self.calls))
         if not text:
             raise self._no_text_error()
         status, notice = self._verdict()
-        tokens_in, tokens_out = _token_counts(self._usage)
         return Answer(
             text=text,
             model=model,
@@ -390,6 +473,22 @@ def _text_of(response: types.GenerateContentResponse) -> str:
         return ""
     parts = response.candidates[0].content.parts or []
     return "".join(part.text for part in parts if part.text and not part.thought)
+
+
+def _calls_of(response: types.GenerateContentResponse) -> list[ToolCall]:
+    """The functionCall parts of the first candidate; `args` None when not an object."""
+    if not response.candidates or response.candidates[0].content is None:
+        return []
+    parts = response.candidates[0].content.parts or []
+    return [
+        ToolCall(
+            part.function_call.id,
+            part.function_call.name or "",
+            part.function_call.args if isinstance(part.function_call.args, dict) else None,
+        )
+        for part in parts
+        if part.function_call is not None
+    ]
 
 
 def _finish_reason(response: types.GenerateContentResponse) -> str | None:
