@@ -6,7 +6,7 @@ is read here, checked like the daemon checks its own (a regular file of ours
 or root's, not open to others), and its key sent over the socket.
 
 Imports click, msgpack (through the client) and agentd.protocol only.
-Registered on the group by agentctl.cli.
+Found by agentctl.cli (LAZY_COMMANDS) when named.
 """
 
 from __future__ import annotations
@@ -23,10 +23,6 @@ from agentctl.output import human_bytes, print_json, print_pairs
 from agentd.protocol import path_problem
 
 _HEX_KEY: Final = re.compile(r"[0-9a-fA-F]{64}\n?\Z")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(backup)
 
 
 @click.command()

@@ -44,7 +44,3 @@ def _row(b: dict[str, Any]) -> list[str]:
 
 def _amount(unit: str, value: float) -> str:
     return f"{int(value)}" if unit == "tokens" else f"${value:.4f}"
-
-
-def register(group: click.Group) -> None:
-    group.add_command(budget)

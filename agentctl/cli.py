@@ -6,14 +6,15 @@ Exit statuses (agentctl/exits.py): 0 ok, 1 failed, 2 usage, 3 not running,
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import click
 
-from agentctl import backup, budget, conversation, dataport, exits, ops, search, tools
+from agentctl import exits
 from agentctl.client import ConnectionLost, DaemonError, NotRunning, PermissionRefused
 from agentctl.context import Options, describe, fail, json_option, options, show
 from agentctl.output import (
@@ -30,10 +31,38 @@ if TYPE_CHECKING:
     import subprocess
 
 SERVING = ("READY", "PROCESSING")
+# Commands defined in their own modules, imported only when named (or listed by
+# --help): `agentctl status`, the command scripts poll, then loads none of them.
+LAZY_COMMANDS: Final = {
+    "chat": "agentctl.conversation:chat",
+    "sessions": "agentctl.conversation:sessions",
+    "history": "agentctl.conversation:history",
+    "metrics": "agentctl.ops:metrics",
+    "health": "agentctl.ops:health",
+    "logs": "agentctl.ops:logs",
+    "audit": "agentctl.ops:audit",
+    "budget": "agentctl.budget:budget",
+    "backup": "agentctl.backup:backup",
+    "export": "agentctl.dataport:export",
+    "import": "agentctl.dataport:import_",
+    "search": "agentctl.search:search",
+    "tools": "agentctl.tools:tools",
+}
 
 
 class AgentctlGroup(click.Group):
-    """Turns every client error into one line on stderr and its documented exit status."""
+    """Turns every client error into one line on stderr and its documented exit status;
+    finds the LAZY_COMMANDS when they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            module, _, attribute = LAZY_COMMANDS[name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -235,11 +264,3 @@ def ping() -> None:
 def main() -> None:
     cli(prog_name="agentctl")
 
-
-conversation.register(cli)
-ops.register(cli)
-budget.register(cli)
-backup.register(cli)
-dataport.register(cli)
-search.register(cli)
-tools.register(cli)

@@ -425,8 +425,3 @@ def read_history(
 
 def _when(epoch: float) -> str:
     return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def register(group: click.Group) -> None:
-    for command in (chat, sessions, history):
-        group.add_command(command)

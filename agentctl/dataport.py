@@ -139,8 +139,3 @@ def import_(source: IO[bytes]) -> None:
         name = f" ({visible(s['name'])})" if s.get("name") else ""
         click.echo(f"{s['id']}{name}: {s['messages']} message(s), from {visible(s['from'])}")
     click.echo(f"imported {len(result['sessions'])} session(s), {result['messages']} message(s)")
-
-
-def register(group: click.Group) -> None:
-    group.add_command(export)
-    group.add_command(import_)

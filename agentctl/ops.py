@@ -10,7 +10,7 @@
                                        only, unless --full
 
 Imports click, msgpack (through the client) and agentd.protocol only.
-Registered on the group by agentctl.cli (import that, not this module).
+Found by agentctl.cli (LAZY_COMMANDS) when named.
 """
 
 from __future__ import annotations
@@ -39,11 +39,6 @@ from agentctl.output import (
 from agentctl.since import parse_since
 
 _LEVEL_COLOURS: Final = {"WARNING": "yellow", "ERROR": "red", "CRITICAL": "red"}
-
-
-def register(group: click.Group) -> None:
-    for command in (metrics, health, logs, audit):
-        group.add_command(command)
 
 
 # -- metrics -----------------------------------------------------------------------------

@@ -57,7 +57,3 @@ def _segment(text: str, match: bool, colour: bool) -> str:
     if not match:
         return shown
     return click.style(shown, bold=True, fg="yellow") if colour else f"[{shown}]"
-
-
-def register(group: click.Group) -> None:
-    group.add_command(search)

@@ -95,7 +95,3 @@ def approver_for(approved: tuple[str, ...]) -> ToolApprover:
     """Ask on a terminal (stdin and stderr both one); otherwise answer from --approve alone."""
     terminal = sys.stdin if sys.stdin.isatty() and sys.stderr.isatty() else None
     return ToolApprover(approved, terminal)
-
-
-def register(group: click.Group) -> None:
-    group.add_command(tools)
