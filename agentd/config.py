@@ -25,6 +25,7 @@ from agentd.audit.settings import AuditSettings
 from agentd.constraints import bounded, problems
 from agentd.errors import ConfigError
 from agentd.governance.settings import BudgetSettings, ModelPolicySettings, ScanSettings
+from agentd.http.settings import HttpSettings
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
@@ -132,6 +133,7 @@ class Config:
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     model_policy: ModelPolicySettings = field(default_factory=ModelPolicySettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -156,6 +158,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "budgets": BudgetSettings,
     "model_policy": ModelPolicySettings,
     "audit": AuditSettings,
+    "http": HttpSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {
