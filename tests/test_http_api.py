@@ -6,6 +6,8 @@ Unix socket (and from real peers under other uids via tests/peer.py style setpri
 
 from __future__ import annotations
 
+import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,6 +81,19 @@ def test_metrics_is_the_prometheus_text_of_agentctl(http_daemon: DaemonProcess) 
     assert families == cli_families and "agentd_requests_total" in families
 
 
+@pytest.mark.skipif(
+    shutil.which("promtool") is None,
+    reason="promtool absent (Debian package prometheus, ~96 MB: not installed by .ci/run)",
+)
+def test_scrape_passes_promtool_check_metrics(http_daemon: DaemonProcess) -> None:
+    with client(http_daemon) as http:
+        scrape = http.get("/metrics").content
+    check = subprocess.run(
+        ["promtool", "check", "metrics"], input=scrape, capture_output=True, timeout=60, check=False
+    )
+    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
 def test_errors_carry_the_socket_codes_with_http_statuses(http_daemon: DaemonProcess) -> None:
     with client(http_daemon) as http:
         missing = http.get("/api/v1/sessions/s-nope/history")
@@ -97,16 +112,16 @@ def test_errors_carry_the_socket_codes_with_http_statuses(http_daemon: DaemonPro
         assert huge.status_code == 413 and huge.json()["error"]["code"] == "FRAME_TOO_LARGE"
 
 
-def test_readyz_is_503_while_stopping_and_chats_drain(
+def test_readyz_is_503_while_stopping_and_a_streamed_chat_ends_cleanly(
     http_daemon: DaemonProcess, fake_gemini: FakeGemini
 ) -> None:
-    fake_gemini.push(fg.answer("slow answer", delay_s=1.5))
-    body = {"model": "agentd", "messages": [{"role": "user", "content": "hi"}]}
+    fake_gemini.push(fg.answer(chunks=("slow ", "answer"), delay_s=1.5))
+    body = {"model": "agentd", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     script = (
-        "import httpx2 as httpx,sys,json;"
+        "import httpx2 as httpx;"
         f"c=httpx.Client(transport=httpx.HTTPTransport(uds={http_socket(http_daemon)!r}),timeout=30);"
         f"r=c.post('http://agentd/v1/chat/completions',json={body!r});"
-        "print(r.status_code, r.json()['choices'][0]['message']['content'])"
+        "print(r.status_code);print(r.text)"
     )
     chat = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -121,6 +136,15 @@ def test_readyz_is_503_while_stopping_and_chats_drain(
         wait_until(stopping, 10, "readyz to say 503 while STOPPING")
         assert http.get("/healthz").status_code == 200
     out, err = chat.communicate(timeout=30)
-    assert out.decode().split() == ["200", "slow", "answer"], err.decode()
+    status, *lines = out.decode().splitlines()
+    assert status == "200", err.decode()
+    events = [line.removeprefix("data: ") for line in lines if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in map(json.loads, events[:-1])
+        if c["choices"]
+    )
+    assert text == "slow answer"
     assert http_daemon.wait_exit() == 0
     assert not Path(http_socket(http_daemon)).exists()
