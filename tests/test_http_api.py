@@ -148,3 +148,19 @@ def test_readyz_is_503_while_stopping_and_a_streamed_chat_ends_cleanly(
     assert text == "slow answer"
     assert http_daemon.wait_exit() == 0
     assert not Path(http_socket(http_daemon)).exists()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl absent")
+def test_curl_chat_as_in_the_docs(http_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
+    fake_gemini.push(fg.answer("hello from curl"))
+    body = '{"model":"agentd","messages":[{"role":"user","content":"hi"}]}'
+    curl = subprocess.run(
+        ["curl", "-sS", "--unix-socket", http_socket(http_daemon)]
+        + ["http://agentd/v1/chat/completions", "-d", body],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert curl.returncode == 0, curl.stderr
+    answer = json.loads(curl.stdout)["choices"][0]["message"]["content"]
+    assert answer == "hello from curl"

@@ -60,7 +60,7 @@ class HttpServer:
         self._settings = settings
         self._app = build_app(
             settings,
-            Bridge(dispatcher, finishing, access, settings.max_connections_per_uid),
+            Bridge(dispatcher, finishing, access, settings.max_requests_per_uid),
             lifecycle,
             models,
         )

@@ -45,6 +45,10 @@ STATUS: Final[dict[str, int]] = {
 }
 
 
+# curl -d sends its default form type: the body is read as JSON all the same.
+JSON_TYPES: Final = frozenset({"application/json", "application/x-www-form-urlencoded"})
+
+
 class Finishing(Protocol):
     """What a graceful stop waits for (server.Server): requests that must finish."""
 
@@ -106,7 +110,7 @@ class Bridge:
         if self._open[peer.uid] >= self._max_per_uid and self._access.role_of(peer) < Role.ADMIN:
             raise HttpError(
                 ErrorCode.BUSY,
-                f"too many HTTP requests at once from this user (http.max_connections_per_uid"
+                f"too many HTTP requests at once from this user (http.max_requests_per_uid"
                 f" = {self._max_per_uid})",
             )
         self._open[peer.uid] += 1
@@ -143,10 +147,10 @@ def error_response(error: dict[str, Any], status: int | None = None) -> web.Resp
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request's JSON object body: 415 not JSON, 413 too large, 408 too slow, 400 bad."""
-    if request.content_type != "application/json":
+    if request.content_type not in JSON_TYPES:
         raise HttpError(
             ErrorCode.BAD_REQUEST,
-            f"Content-Type must be application/json, not {request.content_type!r}",
+            f"Content-Type must be application/json, not {request.content_type[:64]!r}",
             415,
         )
     try:
