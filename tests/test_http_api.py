@@ -154,9 +154,9 @@ def test_readyz_is_503_while_stopping_and_a_streamed_chat_ends_cleanly(
 def test_curl_chat_as_in_the_docs(http_daemon: DaemonProcess, fake_gemini: FakeGemini) -> None:
     fake_gemini.push(fg.answer("hello from curl"))
     body = '{"model":"agentd","messages":[{"role":"user","content":"hi"}]}'
+    url = "http://agentd/v1/chat/completions"
     curl = subprocess.run(
-        ["curl", "-sS", "--unix-socket", http_socket(http_daemon)]
-        + ["http://agentd/v1/chat/completions", "-d", body],
+        ["curl", "-sS", "--unix-socket", http_socket(http_daemon), url, "-d", body],
         capture_output=True,
         timeout=60,
         check=False,
