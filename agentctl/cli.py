@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from agentctl import backup, budget, conversation, dataport, exits, ops, search
+from agentctl import backup, budget, conversation, dataport, exits, ops, search, tokens
 from agentctl.client import ConnectionLost, DaemonError, NotRunning, PermissionRefused
 from agentctl.context import Options, describe, fail, json_option, options, show
 from agentctl.output import (
@@ -239,6 +239,7 @@ def main() -> None:
 conversation.register(cli)
 ops.register(cli)
 budget.register(cli)
+tokens.register(cli)
 backup.register(cli)
 dataport.register(cli)
 search.register(cli)

@@ -22,6 +22,7 @@ from agentd.commands import (
     search,
     status,
     stop,
+    tokens,
 )
 
 DECLARED: tuple[CommandSet, ...] = (
@@ -36,6 +37,7 @@ DECLARED: tuple[CommandSet, ...] = (
     backup.SPECS,
     export.SPECS,
     search.SPECS,
+    tokens.SPECS,
 )
 
 

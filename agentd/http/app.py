@@ -13,15 +13,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from agentd.access import AccessPolicy
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
+from agentd.errors import ConfigError
 from agentd.http import openai, openapi
+from agentd.http.bearer import Bearer
 from agentd.http.bridge import (
     BRIDGE,
     MODELS,
@@ -35,7 +37,7 @@ from agentd.http.bridge import (
     peer_of,
 )
 from agentd.http.openai import DEFAULT_MODEL
-from agentd.http.settings import HTTP_SOCKET_NAME, HttpSettings
+from agentd.http.settings import HTTP_SOCKET_NAME, HttpSettings, loopback_address
 from agentd.lifecycle import SERVING, Lifecycle
 from agentd.paths import Paths
 from agentd.protocol import ErrorCode
@@ -45,6 +47,7 @@ from agentd.server import bind_socket
 logger = logging.getLogger(__name__)
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+BEARER = web.AppKey("bearer", Bearer)
 
 
 class HttpServer:
@@ -53,15 +56,15 @@ class HttpServer:
         settings: HttpSettings,
         dispatcher: Dispatcher,
         finishing: Finishing,
-        access: AccessPolicy,
-        lifecycle: Lifecycle,
+        runtime: Runtime,
         models: list[str],
     ) -> None:
         self._settings = settings
         self._app = build_app(
             settings,
-            Bridge(dispatcher, finishing, access, settings.max_requests_per_uid),
-            lifecycle,
+            Bridge(dispatcher, finishing, runtime.access, settings.max_requests_per_uid),
+            runtime.lifecycle,
+            Bearer(runtime.db, time.time),
             models,
         )
         self._runner: web.AppRunner | None = None
@@ -80,6 +83,14 @@ class HttpServer:
         await self._runner.setup()
         await web.SockSite(self._runner, sock).start()
         self._path = path
+        if self._settings.listen:
+            host, port = loopback_address(self._settings.listen)
+            try:
+                await web.TCPSite(self._runner, host, port).start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"http.listen: cannot listen on {self._settings.listen}: {exc.strerror}"
+                ) from exc
 
     async def close(self) -> None:
         """Stop accepting, give open requests shutdown_timeout_s, then cut them."""
@@ -92,11 +103,12 @@ class HttpServer:
 
 
 def build_app(
-    settings: HttpSettings, bridge: Bridge, lifecycle: Lifecycle, models: list[str]
+    settings: HttpSettings, bridge: Bridge, lifecycle: Lifecycle, bearer: Bearer, models: list[str]
 ) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_errors])
     app[BRIDGE] = bridge
     app[LIFECYCLE] = lifecycle
+    app[BEARER] = bearer
     app[SETTINGS] = settings
     app[MODELS] = models
     app[openai.CONVERSATIONS] = openai.Conversations()
@@ -120,7 +132,10 @@ def build_app(
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error as the socket's {code, message}: ours, and aiohttp's (404, 405...)."""
     try:
-        request["peer"] = caller = peer_of(request)
+        caller = peer_of(request)
+        if caller is None:  # loopback TCP: the bearer token says who
+            caller = await request.app[BEARER].peer(request)
+        request["peer"] = caller
         with request.app[BRIDGE].slot(caller):
             return await handler(request)
     except HttpError as exc:
@@ -201,9 +216,13 @@ async def start_http(
     path = paths.socket.parent / HTTP_SOCKET_NAME
     sock = bind_socket(path, config.daemon.socket_group)
     models = [DEFAULT_MODEL, config.gemini.model]
-    server = HttpServer(
-        config.http, dispatcher, finishing, runtime.access, runtime.lifecycle, models
+    server = HttpServer(config.http, dispatcher, finishing, runtime, models)
+    try:
+        await server.start(sock, path)
+    except ConfigError:
+        await server.close()
+        raise
+    logger.info(
+        "serving HTTP on %s%s", path, f" and {config.http.listen}" if config.http.listen else ""
     )
-    await server.start(sock, path)
-    logger.info("serving HTTP on %s", path)
     return server

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import math
+import socket
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ STATUS: Final[dict[str, int]] = {
     ErrorCode.INTERNAL: 500,
     ErrorCode.SECRET_REFUSED: 422,
     ErrorCode.BUDGET_EXCEEDED: 429,
+    ErrorCode.UNAUTHENTICATED: 401,
 }
 
 
@@ -61,12 +63,16 @@ async def no_events(kind: str, fields: dict[str, Any]) -> None:
     """A request answered in one JSON body: events (a chat's wait notices) are dropped."""
 
 
-def peer_of(request: web.Request) -> Peer:
-    """SO_PEERCRED of the connection this request came on, read per request."""
+def peer_of(request: web.Request) -> Peer | None:
+    """SO_PEERCRED of the connection this request came on, read per request;
+    None for a TCP connection (its peer is its bearer token's)."""
     transport = request.transport
     if transport is None:  # the client is gone already
         raise ConnectionResetError("connection lost")
-    return peer_credentials(transport.get_extra_info("socket"))
+    sock = transport.get_extra_info("socket")
+    if sock.family != socket.AF_UNIX:
+        return None
+    return peer_credentials(sock)
 
 
 class Bridge:
@@ -138,6 +144,8 @@ def error_response(error: dict[str, Any], status: int | None = None) -> web.Resp
     retry_after = error.get("retry_after")
     if isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    if code == ErrorCode.UNAUTHENTICATED:
+        headers["WWW-Authenticate"] = 'Bearer realm="agentd"'
     return web.json_response(
         {"error": {**error, "type": code.lower()}},
         status=status if status is not None else STATUS.get(code, 500),

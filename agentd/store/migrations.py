@@ -15,6 +15,7 @@ from agentd.audit.rows import m0002_audit, m0005_audit_owner
 from agentd.governance.store import m0006_governance
 from agentd.store.database import Connection, transaction
 from agentd.store.search import m0007_search
+from agentd.store.tokens import m0009_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0005_audit_owner", m0005_audit_owner),
     ("0006_governance", m0006_governance),
     ("0007_search", m0007_search),
+    ("0009_tokens", m0009_tokens),
 ]
 
 
