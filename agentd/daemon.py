@@ -16,7 +16,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Coroutine, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.access import AccessPolicy, build_policy
 from agentd.audit.retention import AuditRetention
@@ -26,7 +26,7 @@ from agentd.chat import ChatPipeline
 from agentd.commands.table import command_table
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
-from agentd.errors import ConfigError, StoreError
+from agentd.errors import AlreadyRunning, ConfigError, StoreError
 from agentd.governance.budgets import BudgetLedger
 from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle, State
@@ -53,6 +53,9 @@ from agentd.telemetry.instruments import Instruments, restore_counters, save_cou
 from agentd.telemetry.logs import LogSinks, add_log_file, detach_stderr
 from agentd.telemetry.loop_lag import LoopLagMonitor
 from agentd.trust import check_state_dir
+
+if TYPE_CHECKING:
+    from agentd.http.app import HttpServer  # aiohttp: imported at run time only when enabled
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,7 @@ class Daemon:
         self._gemini: GeminiHealth | None = None
         self.runtime: Runtime | None = None
         self._verdicts: Verdicts | None = None
-        self._http: Any = None  # agentd.http.app.HttpServer, imported only when enabled
+        self._http: HttpServer | None = None  # [http] enabled: served after READY
 
     async def run(self) -> None:
         try:
@@ -178,7 +181,7 @@ class Daemon:
             self._http = await start_http(
                 self.config, self.paths, dispatcher, self._server, runtime
             )
-        except ConfigError as exc:
+        except (ConfigError, AlreadyRunning) as exc:  # the control socket still serves
             logger.error("HTTP not served: %s", exc)
             runtime.health.report("http", Level.FAILED, str(exc))
 
