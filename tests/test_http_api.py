@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,3 +166,20 @@ def test_curl_chat_as_in_the_docs(http_daemon: DaemonProcess, fake_gemini: FakeG
     assert curl.returncode == 0, curl.stderr
     answer = json.loads(curl.stdout)["choices"][0]["message"]["content"]
     assert answer == "hello from curl"
+
+
+def test_a_slow_client_is_cut_after_the_header_timeout(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    env = gemini_env(fake_gemini, **HTTP_ON, AGENTD_HTTP__KEEPALIVE_TIMEOUT_S="0.5")
+    daemon = make_daemon(env).start()
+    wait_until(lambda: Path(http_socket(daemon)).exists(), 15, "the HTTP socket")
+    with socket.socket(socket.AF_UNIX) as slow:
+        slow.settimeout(10)
+        slow.connect(http_socket(daemon))
+        slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: agentd\r\n")  # never finished
+        started = time.monotonic()
+        assert slow.recv(100) == b""  # closed by the daemon, not by our timeout
+        assert time.monotonic() - started < 5
+    with client(daemon) as http:
+        assert http.get("/healthz").status_code == 200

@@ -20,7 +20,8 @@ class HttpSettings:
     listen: str = bounded("", check=lambda value: _listen_problem(value))
     max_body_bytes: int = bounded(1024 * 1024, gt=0)  # a larger request body: 413
     read_timeout_s: float = bounded(10.0, gt=0)  # a request body not read within this: 408
-    keepalive_timeout_s: float = bounded(75.0, gt=0)  # an idle keep-alive connection is closed
+    # A connection idle this long, or whose request headers are not complete by then, is closed.
+    keepalive_timeout_s: float = bounded(15.0, gt=0)
     max_requests_per_uid: int = bounded(64, gt=0)  # in progress at once from one uid: 503
     shutdown_timeout_s: float = bounded(2.0, ge=0)  # what is left after the drain gets this long
 
