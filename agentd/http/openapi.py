@@ -9,7 +9,7 @@ from aiohttp import web
 from agentd.protocol import ErrorCode
 
 _ERROR: Final = {"$ref": "#/components/responses/Error"}
-_ERRORS: Final = {str(s): _ERROR for s in (400, 403, 404, 413, 429, 503)}
+_ERRORS: Final = {str(s): _ERROR for s in (400, 401, 403, 404, 413, 429, 503)}
 
 
 def _get(summary: str, command: str, params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -40,7 +40,10 @@ DOCUMENT: Final[dict[str, Any]] = {
     "info": {
         "title": "agentd HTTP API",
         "version": "1",
-        "description": "The agentd command layer over HTTP; roles come from SO_PEERCRED (docs/http.md).",
+        "description": (
+            "The agentd command layer over HTTP; roles come from SO_PEERCRED on the Unix"
+            " socket, from the bearer token on loopback TCP (docs/http.md)."
+        ),
     },
     "paths": {
         "/healthz": {
