@@ -202,6 +202,10 @@ def _build_client(
             "verify": tls,
             "ssl": tls,
             "event_hooks": {"response": [bound_body]},
+            # A transport of our own keeps the SDK on httpx2: with aiohttp importable
+            # (a dependency since [http]) it would switch to aiohttp, whose errors
+            # providers/errors.py does not map.
+            "transport": httpx2.AsyncHTTPTransport(verify=tls),
         },
     )
     client = genai.Client(vertexai=False, api_key=api_key, http_options=options)
