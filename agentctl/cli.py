@@ -47,6 +47,7 @@ LAZY_COMMANDS: Final = {
     "import": "agentctl.dataport:import_",
     "search": "agentctl.search:search",
     "tools": "agentctl.tools:tools",
+    "tokens": "agentctl.tokens:tokens",
 }
 
 

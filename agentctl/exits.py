@@ -16,6 +16,7 @@ BY_ERROR_CODE: Final = {
     "RATE_LIMITED": RETRY_LATER,
     "BUSY": RETRY_LATER,
     "FORBIDDEN": PERMISSION,
+    "UNAUTHENTICATED": PERMISSION,  # HTTP only; named for completeness
     "BAD_REQUEST": USAGE,
     "UNKNOWN_COMMAND": USAGE,
     "FRAME_TOO_LARGE": USAGE,  # a request too large to send, e.g. a prompt from stdin

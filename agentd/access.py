@@ -44,6 +44,7 @@ class Peer:
     pid: int
     uid: int
     gid: int
+    role: Role | None = None  # an HTTP bearer token's role; None: from uid and groups
 
 
 def peer_credentials(sock: socket.socket) -> Peer:
@@ -60,6 +61,8 @@ class AccessPolicy:
     read_gids: frozenset[int]
 
     def role_of(self, peer: Peer) -> Role:
+        if peer.role is not None:
+            return peer.role
         if peer.uid in self.admin_uids:
             return Role.ADMIN
         groups = groups_of(peer.uid, peer.gid)

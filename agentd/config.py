@@ -25,6 +25,7 @@ from agentd.audit.settings import AuditSettings
 from agentd.constraints import bounded, problems
 from agentd.errors import ConfigError
 from agentd.governance.settings import BudgetSettings, ModelPolicySettings, ScanSettings
+from agentd.http.settings import HttpSettings
 from agentd.providers.settings import ProviderSettings
 from agentd.ratelimit import LimitSettings
 from agentd.telemetry.settings import HealthSettings, PricingSettings
@@ -150,6 +151,7 @@ class Config:
     audit: AuditSettings = field(default_factory=AuditSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     tools: ToolSettings = field(default_factory=ToolSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     config_file: str | None = None
     # "section.key" -> where the value came from ("default", "profile production", a path...)
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
@@ -177,6 +179,7 @@ SECTIONS: Final[dict[str, type[Any]]] = {
     "audit": AuditSettings,
     "retention": RetentionSettings,
     "tools": ToolSettings,
+    "http": HttpSettings,
 }
 
 PROFILE_OVERRIDES: Final[dict[str, dict[str, Any]]] = {

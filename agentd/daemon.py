@@ -16,7 +16,7 @@ import signal
 import socket
 import uuid
 from collections.abc import Coroutine, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentd.access import AccessPolicy, build_policy
 from agentd.audit.retention import AuditRetention
@@ -26,7 +26,7 @@ from agentd.chat import ChatPipeline
 from agentd.commands.table import command_table
 from agentd.config import Config
 from agentd.dispatch import Dispatcher
-from agentd.errors import ConfigError, StoreError
+from agentd.errors import AlreadyRunning, ConfigError, StoreError
 from agentd.governance.budgets import BudgetLedger
 from agentd.governance.gate import Gate
 from agentd.lifecycle import Lifecycle, State
@@ -57,6 +57,9 @@ from agentd.telemetry.loop_lag import LoopLagMonitor
 from agentd.telemetry.metrics import Registry
 from agentd.tools.toolbox import ToolServers
 from agentd.trust import check_state_dir
+
+if TYPE_CHECKING:
+    from agentd.http.app import HttpServer  # aiohttp: imported at run time only when enabled
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,7 @@ class Daemon:
         self._gemini: GeminiHealth | None = None
         self.runtime: Runtime | None = None
         self._verdicts: Verdicts | None = None
+        self._http: HttpServer | None = None  # [http] enabled: served after READY
 
     async def run(self) -> None:
         try:
@@ -140,11 +144,9 @@ class Daemon:
             audited_each=self.config.limits.refusals_audited_each,
             interval_s=self.config.limits.refusal_interval_s,
         )
+        dispatcher = self._dispatcher(runtime, self._refusals)
         self._server = Server(
-            self.config.daemon,
-            self._dispatcher(runtime, self._refusals),
-            runtime.access,
-            runtime.metrics.connections_refused,
+            self.config.daemon, dispatcher, runtime.access, runtime.metrics.connections_refused
         )
         await self._server.start(sock)
         self.lifecycle.transition(State.READY, "listening")
@@ -156,6 +158,8 @@ class Daemon:
             os.getpid(),
         )
         self._start_background_tasks()
+        if self.config.http.enabled:
+            await self._start_http(dispatcher, runtime)
         if self._detached:
             detach_stderr(self._log_sinks)
 
@@ -171,6 +175,19 @@ class Daemon:
             refusals=refusals,
             policy=self.config.audit,
         )
+
+    async def _start_http(self, dispatcher: Dispatcher, runtime: Runtime) -> None:
+        """aiohttp costs its import here, after READY, and only when [http] is enabled."""
+        from agentd.http.app import start_http  # only when enabled: aiohttp costs its import
+
+        assert self._server is not None
+        try:
+            self._http = await start_http(
+                self.config, self.paths, dispatcher, self._server, runtime
+            )
+        except (ConfigError, AlreadyRunning) as exc:  # the control socket still serves
+            logger.error("HTTP not served: %s", exc)
+            runtime.health.report("http", Level.FAILED, str(exc))
 
     async def _open_store(self) -> Runtime:
         key = load_db_key(self.config, self.paths, self._environ)
@@ -398,6 +415,8 @@ class Daemon:
         self._notifier.stopping()
         # 1. STOPPING: new work is answered SHUTTING_DOWN; status and health still answer.
         drained = await self._drain()  # 2. in-flight chats finish within the grace period
+        if self._http is not None:
+            await self._http.close()  # 3a. HTTP: no new requests; what is left is cut
         if self._server is not None:
             self._server.stop_accepting()  # 3. no new connections
             await self._server.close_connections()  # 4. cut what is left (marked interrupted)

@@ -56,6 +56,7 @@ class ErrorCode:
     INTERNAL: Final = "INTERNAL"
     SECRET_REFUSED: Final = "SECRET_REFUSED"
     BUDGET_EXCEEDED: Final = "BUDGET_EXCEEDED"
+    UNAUTHENTICATED: Final = "UNAUTHENTICATED"  # HTTP over TCP only: no valid bearer token
 
 
 class ProtocolError(Exception):

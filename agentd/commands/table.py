@@ -23,6 +23,7 @@ from agentd.commands import (
     search,
     status,
     stop,
+    tokens,
     tools,
 )
 
@@ -40,6 +41,7 @@ DECLARED: tuple[CommandSet, ...] = (
     search.SPECS,
     retention.SPECS,
     tools.SPECS,
+    tokens.SPECS,
 )
 
 

@@ -16,6 +16,7 @@ from agentd.governance.store import m0006_governance
 from agentd.store.database import Connection, transaction
 from agentd.store.search import m0007_search
 from agentd.store.summaries import m0008_summaries
+from agentd.store.tokens import m0009_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ MIGRATIONS: Final[list[tuple[str, Callable[[Connection], None]]]] = [
     ("0006_governance", m0006_governance),
     ("0007_search", m0007_search),
     ("0008_summaries", m0008_summaries),
+    ("0009_tokens", m0009_tokens),
 ]
 
 
