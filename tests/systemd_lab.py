@@ -602,7 +602,7 @@ class SystemdLab:
             # The units' PrivateTmp= would hide a checkout under /tmp (CI clones there),
             # and the lab venv imports agentd from the checkout by its absolute path.
             dropin += f"BindReadOnlyPaths={REPO}\n"
-        for unit in ("agentd.service", "agentd@.service"):
+        for unit in ("agentd.service", "agentd@.service", "agentd-backup.service"):
             self.write_file(f"/etc/systemd/system/{unit}.d/50-lab.conf", dropin)
         # install.sh ends with the daemon-reload that loads the units and the drop-ins.
         self.run(
