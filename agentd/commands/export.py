@@ -16,6 +16,7 @@ from agentd.chat import validate_system_prompt
 from agentd.commands import Audit, Call, CommandSet, Emit
 from agentd.commands.args import optional, required
 from agentd.commands.chat import find_session
+from agentd.commands.history import MESSAGE_BYTES, MIN_PIECE_BYTES, pieces
 from agentd.errors import BadRequest, Forbidden
 from agentd.ownership import ALL_USERS
 from agentd.runtime import Runtime
@@ -28,8 +29,6 @@ from agentd.store.sessions import Session
 SPECS = CommandSet()
 command = SPECS.command
 
-MESSAGE_BYTES: Final = 300  # a message but its text, packed, with room to spare
-MIN_PIECE_BYTES: Final = 4096
 MAX_NAMED: Final = 1000
 
 
@@ -73,17 +72,6 @@ def _batches(page: list[StoredTurn], budget: int) -> Iterator[list[dict[str, Any
         used += size
     if batch:
         yield batch
-
-
-def pieces(turn: StoredTurn, max_bytes: int) -> Iterator[dict[str, Any]]:
-    """The message in pieces of at most `max_bytes` of UTF-8 text, cut between characters."""
-    data, meta, start = turn.content.encode("utf-8"), turn.as_dict(), 0
-    while start < len(data):
-        end = min(start + max_bytes, len(data))
-        while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character: back off
-            end -= 1
-        yield {**meta, "content": data[start:end].decode("utf-8"), "more": end < len(data)}
-        start = end
 
 
 async def _chosen_sessions(runtime: Runtime, call: Call) -> list[Session]:

@@ -43,7 +43,7 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
         for message_id in ids:
             turn = await runtime.db.run(messages.turn, message_id)
             if turn is not None:  # deleted meanwhile
-                for piece in _pieces(turn, budget):
+                for piece in pieces(turn, budget):
                     await call.emit("message", {"message": piece})
                 sent += 1
         return {"session": session.as_dict(), "count": sent, "summary": summary}
@@ -84,7 +84,7 @@ async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dic
     return page[::-1], 0
 
 
-def _pieces(turn: StoredTurn, max_bytes: int) -> Iterator[dict[str, Any]]:
+def pieces(turn: StoredTurn, max_bytes: int) -> Iterator[dict[str, Any]]:
     """The message as one or more event payloads of at most `max_bytes` of text each."""
     meta = turn.as_dict()
     parts = list(_split_utf8(turn.content, max_bytes)) or [""]
