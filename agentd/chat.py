@@ -164,7 +164,7 @@ class ChatPipeline:
         self._gate = gate
         self._tools = tools or ToolSettings()
         self.queue = AdmissionQueue(settings.max_concurrent, settings.max_queue)
-        self._context = ContextBuilder(settings, gemini, db, provider)
+        self._context = ContextBuilder(settings, gemini, db, provider, gate.redact_untrusted)
 
     async def chat(
         self,

@@ -13,6 +13,7 @@ turns are dropped, as with "drop", and the reply's notice says so.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
 from agentd.config import ChatSettings
@@ -46,12 +47,20 @@ class ContextBuilder:
     """Builds each chat's context from the store, summarising when it must."""
 
     def __init__(
-        self, settings: ChatSettings, gemini: ProviderSettings, db: Database, provider: Provider
+        self,
+        settings: ChatSettings,
+        gemini: ProviderSettings,
+        db: Database,
+        provider: Provider,
+        redact: Callable[[str], str],
     ) -> None:
         self._settings = settings
         self._gemini = gemini
         self._db = db
         self._provider = provider
+        # The stored turns keep what the user sent; what leaves for the summary
+        # model is redacted as every chat's context is (governance).
+        self._redact = redact
 
     async def build(
         self, session_id: str, system_prompt: str, prompt: str, request_id: str
@@ -100,7 +109,7 @@ class ContextBuilder:
         request = GenerationRequest(
             request_id=f"{request_id}-summary",
             system_prompt=INSTRUCTION,
-            turns=(Turn("user", _transcript(previous, covered)),),
+            turns=(Turn("user", self._redact(_transcript(previous, covered))),),
             model=model,
             max_answer_bytes=self._settings.max_answer_bytes,
         )

@@ -16,6 +16,7 @@ from agentd.store.database import Connection
 from tests.conftest import DaemonProcess, gemini_env
 from tests.fake_gemini import FakeGemini, answer, echo, error
 from tests.peers import with_store
+from tests.planted_secrets import PLANTED
 
 PRIMARY, FALLBACK = "fake-primary", "fake-fallback"
 SUMMARY = "SUMMARY-7f3a: the user numbered their messages"
@@ -160,3 +161,23 @@ def test_the_budget_counts_the_usage_an_answer_reported(
     reply = chat(d, "three")
     assert reply["turns_left_out"] == 2
     assert fake_gemini.requests[-1].texts == ["two", "You said: two", "three"]
+
+
+def test_a_secret_redacted_in_chat_is_redacted_in_the_summary_request_too(
+    make_daemon: Callable[..., DaemonProcess], fake_gemini: FakeGemini
+) -> None:
+    """1. A chat carries a token the policy redacts (history keeps it, encrypted).
+    2. Later turns push it out of the budget, so it is summarised: the summary
+    request leaves the machine redacted, as every chat's context does."""
+    text, value = PLANTED["github-token"]
+    fake_gemini.set_default(answer(SUMMARY), model=FALLBACK)
+    d = start(make_daemon, fake_gemini)
+    chat(d, f"keep this in mind: {text} " + "padding " * 20)
+    fill(d)
+    chat(d, "last")
+
+    summary_requests = [r for r in fake_gemini.requests if r.model == FALLBACK]
+    assert summary_requests, "no summary was asked for"
+    sent = [t for r in fake_gemini.requests for t in (*r.texts, r.system_instruction or "")]
+    assert not any(value in t for t in sent)
+    assert any("[REDACTED:github-token]" in t for r in summary_requests for t in r.texts)
