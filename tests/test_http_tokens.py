@@ -127,3 +127,17 @@ def test_non_loopback_listen_is_refused(tmp_path: Path, listen: str) -> None:
     )
     assert result.returncode != 0
     assert b"http.listen" in result.stderr
+
+
+def test_revoking_a_name_that_looks_like_an_id_revokes_that_name(
+    tcp_daemon: tuple[DaemonProcess, int],
+) -> None:
+    """Token "first" gets id 1; a second token is named "1". `tokens revoke 1` revokes the
+    token named "1", not the one whose id is 1."""
+    daemon, port = tcp_daemon
+    first = create_token(daemon, "first", "read")
+    named_one = create_token(daemon, "1", "read")
+    assert daemon.agentctl("tokens", "revoke", "1").returncode == 0
+    assert next(m.id for m in tcp_sdk(port, first).models.list()) == "agentd"
+    with pytest.raises(openai.AuthenticationError):
+        tcp_sdk(port, named_one).models.list()

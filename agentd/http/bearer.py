@@ -30,7 +30,9 @@ class Bearer:
 
     async def peer(self, request: web.Request) -> Peer:
         for name, value in request.query.items():
-            if name.lower() in _URL_NAMES or value.startswith(tokens.PREFIX):
+            # A token as a parameter's name or value: refused, and never echoed back.
+            leaked = name.startswith(tokens.PREFIX) or value.startswith(tokens.PREFIX)
+            if name.lower() in _URL_NAMES or leaked:
                 raise HttpError(
                     ErrorCode.UNAUTHENTICATED,
                     "a token in the URL is refused: send it as Authorization: Bearer <token>",

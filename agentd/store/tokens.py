@@ -108,10 +108,13 @@ def find(conn: Connection, secret: str) -> Token | None:
 
 
 def revoke(conn: Connection, ref: str, now: float) -> Token | None:
-    """Revoke the token named `ref` (or with id `ref`); None when there is none."""
+    """Revoke the token named `ref` (or with id `ref`); None when there is none.
+    A name wins over an id: revoking a token named "3" never revokes token id 3."""
     with transaction(conn):
         row = conn.execute(
-            f"SELECT {_COLUMNS} FROM tokens WHERE name = ? OR CAST(id AS TEXT) = ?", (ref, ref)
+            f"SELECT {_COLUMNS} FROM tokens WHERE name = ? OR CAST(id AS TEXT) = ? "
+            "ORDER BY name = ? DESC LIMIT 1",
+            (ref, ref, ref),
         ).fetchone()
         if row is None:
             return None

@@ -64,7 +64,8 @@ class Approvals:
         if future is None or future.done():
             return False
         answer = args.get("answer")
-        future.set_result(answer if answer in ANSWERS else "no")
+        # Any other answer, of any type (a peer sends what it likes), is a denial.
+        future.set_result(answer if isinstance(answer, str) and answer in ANSWERS else "no")
         return True
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from agentd.access import Peer
 from agentd.audit.rows import AuditEvent
 from agentd.audit.writer import AuditWriter
 from agentd.tools.loop import CallRecord
+from agentd.untrusted import clip
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +54,14 @@ def recorder(
 
     def record(r: CallRecord) -> None:
         size, digest = arguments_digest(r)
+        tool = clip(r.call.name)  # the model's choice: bounded and escaped before a log or row
         audit.record_nowait(
             AuditEvent(
                 at=time.time(),
                 request_id=request_id,
                 peer_uid=peer.uid,
                 peer_pid=peer.pid,
-                command=f"tool:{r.call.name}",
+                command=f"tool:{tool}",
                 session_id=session_id,
                 error_code=error_code(r),
                 latency_s=r.duration_ms / 1000,
@@ -67,13 +69,13 @@ def recorder(
         )
         logger.info(
             "tool call %s on %s: %s by %s, %s",
-            r.call.name,
+            tool,
             r.decision.server or "-",
             r.decision.verdict,
             r.decision.decided_by,
             r.outcome,
             extra={
-                "tool": r.call.name,
+                "tool": tool,
                 "server": r.decision.server,
                 "decision": r.decision.verdict,
                 "decided_by": r.decision.decided_by,
