@@ -41,13 +41,13 @@ async def history(runtime: Runtime, call: Call) -> dict[str, Any]:
     if optional(call.args, "stream", bool, False):
         sent = 0
         for message_id in ids:
-            turn = await runtime.db.run(messages.turn, message_id)
+            turn = await runtime.db.run(messages.turn, session.id, message_id)
             if turn is not None:  # deleted meanwhile
                 for piece in pieces(turn, budget):
                     await call.emit("message", {"message": piece})
                 sent += 1
         return {"session": session.as_dict(), "count": sent, "summary": summary}
-    page, omitted = await _page(runtime, ids, budget)
+    page, omitted = await _page(runtime, session.id, ids, budget)
     return {"session": session.as_dict(), "messages": page, "omitted": omitted, "summary": summary}
 
 
@@ -64,12 +64,14 @@ def _summary(summary: Summary | None) -> dict[str, Any] | None:
     }
 
 
-async def _page(runtime: Runtime, ids: list[int], budget: int) -> tuple[list[dict[str, Any]], int]:
+async def _page(
+    runtime: Runtime, session_id: str, ids: list[int], budget: int
+) -> tuple[list[dict[str, Any]], int]:
     """The newest messages that fit `budget` bytes together, oldest first."""
     page: list[dict[str, Any]] = []
     used = 0
     for position, message_id in enumerate(reversed(ids)):
-        turn = await runtime.db.run(messages.turn, message_id)
+        turn = await runtime.db.run(messages.turn, session_id, message_id)
         if turn is None:
             continue
         size = MESSAGE_BYTES + len(turn.content.encode("utf-8"))

@@ -104,6 +104,9 @@ class Database:
     async def close(self) -> None:
         if self._executor is None:
             return
+        if self._committer is not None:
+            # What was queued is committed (write()'s promise), then the store closes.
+            await asyncio.shield(self._committer)
         await self._submit(self._close)
         self._executor.shutdown(wait=True)
         self._executor = None

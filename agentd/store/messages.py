@@ -153,9 +153,12 @@ def history_ids(conn: Connection, session_id: str, limit: int) -> list[int]:
     return [row[0] for row in reversed(rows)]
 
 
-def turn(conn: Connection, message_id: int) -> StoredTurn | None:
+def turn(conn: Connection, session_id: str, message_id: int) -> StoredTurn | None:
+    """One message of `session_id`: ids are reused after a deletion, so an id read
+    earlier may name another session's message by now (None then)."""
     row = conn.execute(
-        f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ?", (message_id,)
+        f"SELECT {_TURN_COLUMNS} FROM messages WHERE id = ? AND session_id = ?",
+        (message_id, session_id),
     ).fetchone()
     return StoredTurn(*row) if row else None
 
@@ -177,7 +180,3 @@ def exchange_statuses(conn: Connection, requests: Iterable[tuple[str, str]]) -> 
         )
         found.update(rows.fetchall())  # the answer follows its prompt: its status wins
     return found
-
-
-def count(conn: Connection) -> int:
-    return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
